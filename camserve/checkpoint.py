@@ -1,0 +1,185 @@
+"""Checkpoints that describe themselves (STYLE.md #4), read as weights only.
+
+Accepted layouts, all loaded with ``torch.load(..., weights_only=True)``:
+
+(a) camserve's own: ``{"state_dict", "arch", "class_names"[, "input_size", "mean", "std", "target_layer"]}``;
+(b) seed 000's: ``{"model_state_dict", "class_names", "model_name" or "arch"}``, keys possibly prefixed
+    ``backbone.``, ``module.`` (DataParallel) or ``_orig_mod.`` (torch.compile);
+(c) a bare state_dict, with ``arch`` and ``class_names`` given by the caller.
+
+Everything that could go wrong at the first request (unknown arch, missing or unexpected keys, a head
+whose size does not match the class names, a pickled full model) fails here, with what to do about it.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from camserve.archs import DEFAULT_TARGET_LAYERS, auto_target_layer, build_arch, get_module
+from camserve.errors import CheckpointError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+FORMAT = "camserve-checkpoint/1"
+_PREFIXES = ("module.", "_orig_mod.", "backbone.")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild, preprocess for and explain a model.
+
+    ``num_outputs`` is the head size: ``len(class_names)`` for softmax heads, 1 for a single-logit
+    binary head (then ``class_names`` is ``[negative, positive]`` and probabilities come from a sigmoid).
+    """
+
+    arch: str
+    class_names: tuple[str, ...]
+    num_outputs: int
+    target_layer: str
+    input_size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    @property
+    def single_logit(self) -> bool:
+        return self.num_outputs == 1
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {**d, "class_names": list(self.class_names), "mean": list(self.mean), "std": list(self.std)}
+
+
+def load_file(path: str | Path) -> Any:
+    """``torch.load`` with ``weights_only=True``, mapping failures to actionable errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path.name} holds pickled Python objects (a full model?), which camserve never "
+            "unpickles: save `{'state_dict': model.state_dict(), 'arch': ..., 'class_names': [...]}` "
+            f"with torch.save instead ({str(exc).splitlines()[0]})") from exc
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise CheckpointError(f"{path.name} is not a readable torch checkpoint: {exc}") from exc
+
+
+def strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop ``module.``, ``_orig_mod.`` and ``backbone.`` prefixes (in any order, repeatedly)."""
+    out = {}
+    for key, value in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in _PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix):], True
+        out[key] = value
+    return out
+
+
+def split_checkpoint(obj: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Separate the weights from the metadata of any accepted layout."""
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"expected a dict checkpoint, got {type(obj).__name__}")
+    for key in ("state_dict", "model_state_dict"):
+        if isinstance(obj.get(key), Mapping):
+            meta = {k: v for k, v in obj.items() if k != key}
+            if "arch" not in meta and "model_name" in meta:
+                meta["arch"] = meta["model_name"]
+            return strip_prefixes(obj[key]), meta
+    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return strip_prefixes(obj), {}
+    raise CheckpointError(
+        "checkpoint has neither 'state_dict' nor 'model_state_dict' and is not a bare state_dict; "
+        f"its keys are: {', '.join(map(str, list(obj)[:20]))}")
+
+
+def head_size(state_dict: Mapping[str, torch.Tensor]) -> int:
+    """Output size of the classifier: the last 2-D weight in a torchvision state_dict."""
+    for key in reversed(list(state_dict)):
+        if key.endswith("weight") and state_dict[key].dim() == 2:
+            return int(state_dict[key].shape[0])
+    raise CheckpointError("no linear classifier weight found in the state_dict")
+
+
+def resolve_spec(meta: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor],
+                 overrides: Mapping[str, Any]) -> ModelSpec:
+    """Merge checkpoint metadata and caller overrides (overrides win) into a checked ``ModelSpec``."""
+    merged = {**meta, **{k: v for k, v in overrides.items() if v is not None}}
+    arch = merged.get("arch")
+    names = merged.get("class_names")
+    if not arch:
+        raise CheckpointError("the checkpoint does not name its architecture: pass --arch")
+    if not names:
+        raise CheckpointError("the checkpoint does not list its class names: pass --classes a,b,c")
+    names = tuple(str(n) for n in names)
+    if len(set(names)) != len(names) or any(not n.strip() for n in names):
+        raise CheckpointError(f"class names must be unique and non-empty, got {list(names)}")
+    outputs = head_size(state_dict)
+    if outputs != len(names) and not (outputs == 1 and len(names) == 2):
+        raise CheckpointError(
+            f"the classifier head has {outputs} outputs but {len(names)} class names were given "
+            f"({', '.join(names)}); a single-logit head needs exactly 2 names (negative, positive)")
+    size = int(merged.get("input_size") or 224)
+    if not 16 <= size <= 1024:
+        raise CheckpointError(f"input_size must be between 16 and 1024, got {size}")
+    return ModelSpec(
+        arch=str(arch), class_names=names, num_outputs=outputs,
+        target_layer=str(merged.get("target_layer") or DEFAULT_TARGET_LAYERS.get(str(arch), "")),
+        input_size=size,
+        mean=tuple(float(x) for x in merged.get("mean") or IMAGENET_MEAN),
+        std=tuple(float(x) for x in merged.get("std") or IMAGENET_STD),
+    )
+
+
+def build_model(spec: ModelSpec, state_dict: Mapping[str, torch.Tensor]) -> tuple[nn.Module, ModelSpec]:
+    """Rebuild the model, load the weights strictly and settle the target layer.
+
+    Returns:
+        The model in eval mode, and the spec with its target layer filled in (auto-located if empty).
+    """
+    model = build_arch(spec.arch, spec.num_outputs)
+    result = model.load_state_dict(state_dict, strict=False)
+    problems = []
+    if result.missing_keys:
+        problems.append(f"missing keys: {', '.join(result.missing_keys[:8])}")
+    if result.unexpected_keys:
+        problems.append(f"unexpected keys: {', '.join(result.unexpected_keys[:8])}")
+    if problems:
+        raise CheckpointError(
+            f"the weights do not fit a {spec.arch} ({'; '.join(problems)}): check --arch, "
+            "or strip the wrapper prefix the keys carry")
+    model.eval()
+    layer = spec.target_layer or auto_target_layer(model, spec.input_size)
+    get_module(model, layer)
+    return model, replace(spec, target_layer=layer)
+
+
+def load_checkpoint(path: str | Path, **overrides: Any) -> tuple[nn.Module, ModelSpec]:
+    """Read any accepted checkpoint layout into a ready model and its spec.
+
+    Args:
+        path: The checkpoint file.
+        **overrides: ``arch``, ``class_names``, ``input_size``, ``mean``, ``std``, ``target_layer``;
+            ``None`` values are ignored.
+    """
+    state_dict, meta = split_checkpoint(load_file(path))
+    spec = resolve_spec(meta, state_dict, overrides)
+    try:
+        return build_model(spec, state_dict)
+    except RuntimeError as exc:  # size mismatches from load_state_dict
+        raise CheckpointError(f"the weights do not fit a {spec.arch}: {str(exc)[:600]}") from exc
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, spec: ModelSpec, **extra: Any) -> None:
+    """Write camserve's self-describing layout (a), readable with ``weights_only=True``."""
+    torch.save({"format": FORMAT, "state_dict": model.state_dict(), **spec.to_dict(), **extra}, path)

@@ -1,0 +1,90 @@
+"""Decoding and preprocessing, shared by the server, the trainer, the Gradio app and the scripts.
+
+Images are decoded one way everywhere: EXIF orientation applied (as ``gr.Image(type="pil")`` does),
+every mode converted to 8-bit RGB (16-bit and float greyscale rescaled, transparency composited on
+black, CMYK and palettes converted), then resized to the model's square input without cropping.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from camserve.errors import InvalidRequest, PayloadTooLarge, UnsupportedImage
+
+MAX_IMAGE_BYTES = 16 * 1024 * 1024
+MAX_PIXELS = 40_000_000  # decoded size; guards against decompression bombs
+
+
+def decode_image(data: bytes, field: str = "data") -> Image.Image:
+    """Decode image bytes into an RGB image, or raise a 4xx error naming ``field``.
+
+    Raises:
+        InvalidRequest: The field is empty.
+        PayloadTooLarge: Over ``MAX_IMAGE_BYTES`` bytes or ``MAX_PIXELS`` pixels.
+        UnsupportedImage: The bytes are not an image PIL can decode.
+    """
+    if not data:
+        raise InvalidRequest(f"field '{field}' is empty: send the image bytes (PNG, JPEG, BMP, TIFF...)")
+    if len(data) > MAX_IMAGE_BYTES:
+        raise PayloadTooLarge(f"field '{field}' has {len(data)} bytes; the limit is {MAX_IMAGE_BYTES}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(bytes(data)))
+            if img.width * img.height > MAX_PIXELS:
+                raise PayloadTooLarge(
+                    f"field '{field}' is {img.width}x{img.height} pixels; the limit is {MAX_PIXELS} pixels")
+            img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise PayloadTooLarge(f"field '{field}' decodes to too many pixels: {exc}") from exc
+    except PayloadTooLarge:
+        raise
+    except Exception as exc:  # PIL raises many types for corrupt data
+        raise UnsupportedImage(
+            f"field '{field}' is not a decodable image ({type(exc).__name__}); "
+            "send PNG, JPEG, BMP, TIFF, GIF or WebP bytes") from exc
+    return to_rgb(ImageOps.exif_transpose(img))
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB."""
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I") and arr.max(initial=0) > 255 else max(arr.max(initial=0), 1.0)
+        if img.mode == "F" and arr.max(initial=0) <= 1.0:
+            top = 1.0
+        arr = np.clip(arr / top * 255.0, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        base = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(base, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def preprocess(img: Image.Image, input_size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """Resize (no crop) and normalise an RGB image into a ``[3, S, S]`` float tensor."""
+    resized = img.resize((input_size, input_size), Image.BILINEAR)
+    arr = np.asarray(resized, dtype=np.float32) / 255.0
+    tensor = torch.from_numpy(arr).permute(2, 0, 1)
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    return (tensor - mean_t) / std_t
+
+
+def decode_mask(data: bytes, size: tuple[int, int], field: str = "mask") -> np.ndarray:
+    """Decode a region-of-interest mask into a boolean array of ``size`` (width, height).
+
+    Any image works: pixels brighter than half range (after greyscale conversion) are inside.
+    """
+    img = decode_image(data, field=field).convert("L")
+    if img.size != size:
+        img = img.resize(size, Image.NEAREST)
+    return np.asarray(img) > 127

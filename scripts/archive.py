@@ -1,0 +1,117 @@
+"""Package a classifier checkpoint as a TorchServe .mar served by the camserve handler.
+
+    python scripts/archive.py CHECKPOINT --name NAME [--arch A] [--classes a,b,c]
+        [--target-layer DOTTED] [--input-size N] [--version V] [--model-store DIR]
+
+The checkpoint is validated here (weights only, architecture, keys, head size, target layer, one
+explained forward), so a bad one fails now with what to do, never at the first request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # allow `python scripts/archive.py` without installing the package
+    sys.path.insert(0, str(REPO))
+
+from camserve import cam as cam_ops  # noqa: E402
+from camserve.archs import POST_ACTIVATION, get_module  # noqa: E402
+from camserve.checkpoint import ModelSpec, load_checkpoint, save_checkpoint  # noqa: E402
+from camserve.errors import CheckpointError  # noqa: E402
+from scripts.cli import class_list, positive_int  # noqa: E402
+
+log = logging.getLogger("archive")
+HANDLER = REPO / "handlers" / "camserve_handler.py"
+CORE = REPO / "camserve"
+WEIGHTS_NAME = "weights.pt"
+MAX_RESPONSE_BYTES = 16_000_000  # below config.properties' max_response_size (16 MiB)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("checkpoint", type=Path, help="checkpoint file (.pt/.pth), read with weights_only=True")
+    p.add_argument("--name", required=True, help="model name, as in /predictions/NAME")
+    p.add_argument("--arch", help="torchvision architecture (overrides the checkpoint's)")
+    p.add_argument("--classes", type=class_list, help="class names, comma-separated, in head order")
+    p.add_argument("--target-layer", help="dotted module name for Grad-CAM (default: per-arch map)")
+    p.add_argument("--input-size", type=positive_int, help="square input side (default: checkpoint's, or 224)")
+    p.add_argument("--version", default="1.0", help="model version")
+    p.add_argument("--model-store", type=Path, default=REPO / "model_store", help="where NAME.mar is written")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="TorchServe dynamic batch size")
+    p.add_argument("--max-batch-delay", type=positive_int, default=50, help="ms to wait to fill a batch")
+    p.add_argument("--workers", type=positive_int, default=1, help="workers per model")
+    p.add_argument("--response-timeout", type=positive_int, default=120, help="seconds per batch")
+    return p
+
+
+def validate(path: Path, args: argparse.Namespace) -> tuple[torch.nn.Module, ModelSpec]:
+    """Load, check and explain one dummy input; raise ``CheckpointError`` on any mismatch."""
+    model, spec = load_checkpoint(path, arch=args.arch, class_names=args.classes,
+                                  target_layer=args.target_layer, input_size=args.input_size)
+    x = torch.zeros(1, 3, spec.input_size, spec.input_size)
+    try:
+        out = cam_ops.predict_and_explain(model, get_module(model, spec.target_layer), x, [None],
+                                          post=POST_ACTIVATION.get((spec.arch, spec.target_layer)))
+    except (TypeError, RuntimeError) as exc:
+        raise CheckpointError(f"Grad-CAM at layer {spec.target_layer!r} fails: {exc}; "
+                              "choose another --target-layer") from exc
+    if out.cams is None or out.cams.dim() != 3:
+        raise CheckpointError(f"layer {spec.target_layer!r} gives no spatial map")
+    return model, spec
+
+
+def model_config(args: argparse.Namespace) -> str:
+    """TorchServe's per-model YAML (batching, workers, timeouts) plus camserve's own keys."""
+    return "\n".join([
+        f"minWorkers: {args.workers}", f"maxWorkers: {args.workers}",
+        f"batchSize: {args.batch_size}", f"maxBatchDelay: {args.max_batch_delay}",
+        f"responseTimeout: {args.response_timeout}",
+        "camserve:", f"  max_response_bytes: {MAX_RESPONSE_BYTES}", ""])
+
+
+def archive(args: argparse.Namespace) -> Path:
+    """Validate the checkpoint and write ``MODEL_STORE/NAME.mar``; returns its path."""
+    model, spec = validate(args.checkpoint, args)
+    args.model_store.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        stage = Path(tmp)
+        save_checkpoint(stage / WEIGHTS_NAME, model, spec)
+        (stage / "model-config.yaml").write_text(model_config(args))
+        shutil.copytree(CORE, stage / "pkg" / "camserve", ignore=shutil.ignore_patterns("__pycache__"))
+        cmd = [sys.executable, "-m", "model_archiver.model_packaging", "--model-name", args.name,
+               "--version", args.version, "--serialized-file", str(stage / WEIGHTS_NAME),
+               "--handler", str(HANDLER), "--extra-files", str(stage / "pkg"),
+               "--config-file", str(stage / "model-config.yaml"),
+               "--export-path", str(args.model_store), "--force"]
+        subprocess.run(cmd, check=True, capture_output=True, text=True)
+    out = args.model_store / f"{args.name}.mar"
+    print(json.dumps({"mar": str(out), "name": args.name, "version": args.version, **spec.to_dict()}))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        archive(args)
+    except CheckpointError as exc:
+        print(f"archive: {args.checkpoint}: {exc}", file=sys.stderr)
+        return 2
+    except subprocess.CalledProcessError as exc:
+        print(f"archive: torch-model-archiver failed:\n{exc.stderr}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
