@@ -88,3 +88,10 @@ def decode_mask(data: bytes, size: tuple[int, int], field: str = "mask") -> np.n
     if img.size != size:
         img = img.resize(size, Image.NEAREST)
     return np.asarray(img) > 127
+
+
+def blank_png(size: int = 8) -> bytes:
+    """A tiny black PNG, for requests that only need the model's metadata."""
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size)).save(buf, format="PNG")
+    return buf.getvalue()

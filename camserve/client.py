@@ -1,0 +1,121 @@
+"""HTTP client for a camserve model on TorchServe, used by the Gradio app and the scripts.
+
+Maps transport failures and the server's ``{code, type, message}`` bodies back to ``camserve.errors``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from camserve.errors import CamserveError, InvalidRequest, ServerUnavailable, from_payload
+from camserve.schema import Explanation, ExplainResponse, ModelInfo, explanation_from_dict
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+DEFAULT_MANAGEMENT_URL = "http://127.0.0.1:8081"
+
+
+def read_token(key_file: str | Path, kind: str = "inference") -> str:
+    """A key from TorchServe's ``key_file.json`` (``inference``, ``management`` or ``API``).
+
+    Raises:
+        InvalidRequest: The file is missing or has no such key.
+    """
+    path = Path(key_file)
+    try:
+        return str(json.loads(path.read_text())[kind]["key"])
+    except FileNotFoundError as exc:
+        raise InvalidRequest(f"token file {str(path)!r} not found: start TorchServe first (make serve)") from exc
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidRequest(f"token file {str(path)!r} has no {kind!r} key") from exc
+
+
+class Client:
+    """Talks to TorchServe's inference (and optionally management) API.
+
+    Args:
+        url: Inference API base URL.
+        token: Inference token (``None`` when token auth is off).
+        management_url: Management API base URL, for :meth:`models`.
+        management_token: Management token.
+        timeout: Seconds per request.
+    """
+
+    def __init__(self, url: str = DEFAULT_URL, token: str | None = None,
+                 management_url: str | None = None, management_token: str | None = None,
+                 timeout: float = 60.0) -> None:
+        self.url = url.rstrip("/")
+        self.management_url = management_url.rstrip("/") if management_url else None
+        self.timeout = timeout
+        self.session = requests.Session()
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._mgmt_headers = {"Authorization": f"Bearer {management_token}"} if management_token else {}
+
+    @classmethod
+    def from_key_file(cls, key_file: str | Path, url: str = DEFAULT_URL,
+                      management_url: str | None = None, timeout: float = 60.0) -> Client:
+        """A client holding the inference and management keys of a ``key_file.json``."""
+        mgmt = read_token(key_file, "management") if management_url else None
+        return cls(url, read_token(key_file), management_url, mgmt, timeout)
+
+    def explain(self, model: str, image: bytes, mask: bytes | None = None,
+                **options: Any) -> ExplainResponse:
+        """``POST /predictions/{model}``: prediction, Grad-CAM and (with ``label``) error metadata.
+
+        Args:
+            model: Model name.
+            image: Encoded image bytes.
+            mask: Optional region-of-interest mask image bytes (gives ``focus_score``).
+            **options: ``target``, ``label``, ``topk``, ``explain``, ``colormap``, ``alpha``,
+                ``max_side``; ``None`` values are not sent.
+        """
+        return ExplainResponse.from_dict(self._post(f"predictions/{model}", image, mask, options))
+
+    def explanation(self, model: str, image: bytes, mask: bytes | None = None,
+                    **options: Any) -> Explanation:
+        """``POST /explanations/{model}``: the explanation object alone."""
+        return explanation_from_dict(self._post(f"explanations/{model}", image, mask, options))
+
+    def describe(self, model: str) -> ModelInfo:
+        """The model's name, classes, input size and layer (one tiny prediction-only request)."""
+        from camserve.imaging import blank_png
+        return self.explain(model, blank_png(), explain="none").model
+
+    def ping(self) -> str:
+        """TorchServe's health status (``Healthy``), or raise."""
+        return str(self._call("GET", f"{self.url}/ping", self._headers).get("status"))
+
+    def models(self) -> list[str]:
+        """Names of the models the server has loaded (management API)."""
+        if not self.management_url:
+            raise InvalidRequest("no management URL configured")
+        body = self._call("GET", f"{self.management_url}/models", self._mgmt_headers)
+        return sorted(m["modelName"] for m in body.get("models", []))
+
+    def _post(self, route: str, image: bytes, mask: bytes | None, options: Mapping[str, Any]) -> dict:
+        files = {"data": ("image", image, "application/octet-stream")}
+        if mask is not None:
+            files["mask"] = ("mask", mask, "application/octet-stream")
+        data = {k: str(v) for k, v in options.items() if v is not None}
+        return self._call("POST", f"{self.url}/{route}", self._headers, files=files, data=data)
+
+    def _call(self, method: str, url: str, headers: Mapping[str, str], **kwargs: Any) -> dict:
+        try:
+            resp = self.session.request(method, url, headers=dict(headers), timeout=self.timeout, **kwargs)
+        except requests.Timeout as exc:
+            raise ServerUnavailable(f"the model server did not answer within {self.timeout:g} s") from exc
+        except requests.ConnectionError as exc:
+            raise ServerUnavailable("the model server is not reachable; is TorchServe running?") from exc
+        try:
+            body = resp.json()
+        except ValueError:
+            body = resp.text[:300]
+        if resp.status_code != 200:
+            raise from_payload(resp.status_code, body)
+        if not isinstance(body, dict):
+            raise CamserveError(f"unexpected response from {url}: {str(body)[:200]}")
+        return body
