@@ -1,29 +1,29 @@
 """Torchvision architectures and where Grad-CAM looks in each.
 
-Every default target layer is the output of the last convolutional stage AFTER its final activation
-and BEFORE global pooling, so the map is the evidence the classifier head actually reads:
+Every default target layer is the output of the last convolutional stage before global pooling, after
+its final activation wherever that activation is a module (all but DenseNet):
 
 | arch            | layer            | map at 224 px | note                                              |
 |-----------------|------------------|---------------|---------------------------------------------------|
 | resnet18/50     | layer4           | 7x7           | each block ends with its ReLU                     |
-| densenet121     | features         | 7x7           | ReLU is functional in DenseNet.forward: applied   |
-|                 |                  |               | by the hook (``POST_ACTIVATION``), see below      |
+| densenet121     | features         | 7x7           | = norm5 output, BEFORE DenseNet.forward's         |
+|                 |                  |               | functional ReLU (pytorch-grad-cam's features[-1]) |
 | efficientnet_b0 | features.8       | 7x7           | Conv-BN-SiLU                                      |
 | mobilenet_v2    | features.18      | 7x7           | Conv-BN-ReLU6                                     |
 | vgg16           | features.29      | 14x14         | last ReLU; seed 000's features.30 is the max-pool |
 | alexnet         | features.11      | 13x13         | last ReLU; seed 000's features.12 is the max-pool |
 
-DenseNet applies ``F.relu(features, inplace=True)`` after ``features``; a hook there would see its
-output changed in place (a known anchor bug). The CAM hook applies the same ReLU itself and hands the
-model a clone, so the map is post-ReLU like every other architecture and the in-place op is harmless.
+DenseNet applies ``F.relu(features, inplace=True)`` after ``features``; a hook that kept the tensor it
+returned would see it changed in place (a known anchor bug). The CAM hook keeps its own leaf and hands
+the model a clone, so the captured activation stays the pre-ReLU one. Pre-ReLU is a choice: applying
+the ReLU in the hook would let the model's own ReLU zero the gradients where the activation is 0, giving
+a map that is Grad-CAM at neither point.
 
 Other torchvision CNN classifiers get an automatic choice (:func:`auto_target_layer`), and any layer can
 be named by its dotted path.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -38,12 +38,6 @@ DEFAULT_TARGET_LAYERS: dict[str, str] = {
     "mobilenet_v2": "features.18",
     "vgg16": "features.29",
     "alexnet": "features.11",
-}
-
-# Activations the forward applies functionally right after a layer (no module to hook), by (arch, layer).
-POST_ACTIVATION: dict[tuple[str, str], Callable[[torch.Tensor], torch.Tensor]] = {
-    ("densenet121", "features"): torch.relu,
-    ("densenet121", "features.norm5"): torch.relu,
 }
 
 SUPPORTED_ARCHS = tuple(DEFAULT_TARGET_LAYERS)

@@ -14,7 +14,7 @@ negative class with ``-logit``: the map for a negative prediction explains the n
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -78,13 +78,11 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
 
 
 @contextmanager
-def graph_from(layer: nn.Module, post: Callable[[torch.Tensor], torch.Tensor] | None = None
-               ) -> Iterator[list[torch.Tensor]]:
+def graph_from(layer: nn.Module) -> Iterator[list[torch.Tensor]]:
     """Start autograd's graph at ``layer``'s output; yields the list the activation is appended to.
 
-    The hook applies ``post`` (an activation the model applies functionally after the layer), turns
-    the result into a leaf that requires grad, and returns a clone so that any in-place op downstream
-    (DenseNet's ``relu(inplace=True)``) cannot alter the captured activation.
+    The hook turns the layer's output into a leaf that requires grad, and returns a clone so that any
+    in-place op downstream (DenseNet's ``relu(inplace=True)``) cannot alter the captured activation.
     """
     captured: list[torch.Tensor] = []
 
@@ -93,8 +91,7 @@ def graph_from(layer: nn.Module, post: Callable[[torch.Tensor], torch.Tensor] | 
             raise TypeError(f"the target layer must output a [B, C, H, W] tensor, got {type(out).__name__}")
         if captured:
             raise RuntimeError("the target layer ran twice in one forward: choose a layer used once")
-        act = post(out) if post is not None else out
-        leaf = act.detach().requires_grad_(True)
+        leaf = out.detach().requires_grad_(True)
         captured.append(leaf)
         return leaf.clone()
 
@@ -114,8 +111,7 @@ def predict(model: nn.Module, x: torch.Tensor, extra: Sequence[torch.Tensor] = (
 
 def predict_and_explain(model: nn.Module, layer: nn.Module, x: torch.Tensor,
                         targets: Sequence[int | None],
-                        extra: Sequence[torch.Tensor] = (),
-                        post: Callable[[torch.Tensor], torch.Tensor] | None = None) -> FusedOutput:
+                        extra: Sequence[torch.Tensor] = ()) -> FusedOutput:
     """Predict a batch and compute each sample's Grad-CAM in the same forward.
 
     Args:
@@ -124,11 +120,10 @@ def predict_and_explain(model: nn.Module, layer: nn.Module, x: torch.Tensor,
         x: ``[B, 3, S, S]`` preprocessed images on the model's device.
         targets: Per-sample class to explain; ``None`` explains the predicted class.
         extra: Further forward inputs (e.g. tabular features), batched like ``x``.
-        post: Activation applied after ``layer`` by the forward itself (see ``archs.POST_ACTIVATION``).
     """
     if len(targets) != x.shape[0]:
         raise ValueError(f"{len(targets)} targets for a batch of {x.shape[0]}")
-    with frozen(model), graph_from(layer, post) as captured, torch.enable_grad():
+    with frozen(model), graph_from(layer) as captured, torch.enable_grad():
         logits = model(x, *extra)
         if not captured:
             raise RuntimeError("the target layer did not run in the forward")

@@ -14,6 +14,7 @@ whose size does not match the class names, a pickled full model) fails here, wit
 from __future__ import annotations
 
 import pickle
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -64,10 +65,13 @@ def load_file(path: str | Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        if not found:
+            raise CheckpointError(f"{path.name} is not a readable torch checkpoint") from exc
         raise CheckpointError(
-            f"{path.name} holds pickled Python objects (a full model?), which camserve never "
-            "unpickles: save `{'state_dict': model.state_dict(), 'arch': ..., 'class_names': [...]}` "
-            f"with torch.save instead ({str(exc).splitlines()[0]})") from exc
+            f"{path.name} holds pickled Python objects ({found.group(1)}: a full model?), which camserve "
+            "never unpickles: save `{'state_dict': model.state_dict(), 'arch': ..., 'class_names': [...]}` "
+            "with torch.save instead") from exc
     except (RuntimeError, EOFError, OSError) as exc:
         raise CheckpointError(f"{path.name} is not a readable torch checkpoint: {exc}") from exc
 

@@ -20,7 +20,7 @@ from PIL import Image
 from torch import nn
 
 from camserve import cam as cam_ops
-from camserve.archs import POST_ACTIVATION, get_module
+from camserve.archs import get_module
 from camserve.checkpoint import ModelSpec, load_checkpoint
 from camserve.errors import RequestError
 from camserve.imaging import decode_image, decode_mask, preprocess
@@ -60,7 +60,6 @@ class Explainer:
         self.model = model.to(self.device).eval()
         self.spec = spec
         self.layer = get_module(self.model, spec.target_layer)
-        self.post = POST_ACTIVATION.get((spec.arch, spec.target_layer))
         self.info = ModelInfo(name=name, version=version, arch=spec.arch, layer=spec.target_layer,
                               classes=list(spec.class_names), input_size=spec.input_size)
 
@@ -99,8 +98,7 @@ class Explainer:
         start = time.perf_counter()
         x = torch.stack([p.tensor for p in items]).to(self.device)
         if any(p.options.wants_cam for p in items):
-            out = cam_ops.predict_and_explain(self.model, self.layer, x, [p.options.target for p in items],
-                                              post=self.post)
+            out = cam_ops.predict_and_explain(self.model, self.layer, x, [p.options.target for p in items])
         else:
             out = cam_ops.predict(self.model, x)
         forward_ms = (time.perf_counter() - start) * 1e3

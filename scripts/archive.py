@@ -25,7 +25,7 @@ if str(REPO) not in sys.path:  # allow `python scripts/archive.py` without insta
     sys.path.insert(0, str(REPO))
 
 from camserve import cam as cam_ops  # noqa: E402
-from camserve.archs import POST_ACTIVATION, get_module  # noqa: E402
+from camserve.archs import get_module  # noqa: E402
 from camserve.checkpoint import ModelSpec, load_checkpoint, save_checkpoint  # noqa: E402
 from camserve.errors import CheckpointError  # noqa: E402
 from scripts.cli import class_list, positive_int  # noqa: E402
@@ -60,8 +60,7 @@ def validate(path: Path, args: argparse.Namespace) -> tuple[torch.nn.Module, Mod
                                   target_layer=args.target_layer, input_size=args.input_size)
     x = torch.zeros(1, 3, spec.input_size, spec.input_size)
     try:
-        out = cam_ops.predict_and_explain(model, get_module(model, spec.target_layer), x, [None],
-                                          post=POST_ACTIVATION.get((spec.arch, spec.target_layer)))
+        out = cam_ops.predict_and_explain(model, get_module(model, spec.target_layer), x, [None])
     except (TypeError, RuntimeError) as exc:
         raise CheckpointError(f"Grad-CAM at layer {spec.target_layer!r} fails: {exc}; "
                               "choose another --target-layer") from exc
