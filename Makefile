@@ -1,0 +1,75 @@
+# camserve: `make demo` sets everything up and runs the demo; `make test` sets up and runs the tests.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+STAMP       := $(VENV)/.installed
+SERVER_URL  ?= http://127.0.0.1:8080
+MGMT_URL    ?= http://127.0.0.1:8081
+APP_PORT    ?= 7860
+PYTEST_ARGS ?=
+export GRADIO_ANALYTICS_ENABLED := False
+
+.PHONY: help install java browser model archive serve stop app demo test lint bench analyze clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}'
+
+install: $(STAMP) java ## Virtualenv in .venv with every dependency (idempotent)
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt   # torch/torchvision come from the machine's local wheels
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+java: ## Check that Java >= 11 (TorchServe's frontend) is installed
+	@v=$$(java -version 2>&1 | awk -F'"' '/version/{split($$2,a,"."); print (a[1]=="1")?a[2]:a[1]}'); \
+	if [ -z "$$v" ] || [ "$$v" -lt 11 ]; then \
+	  echo "TorchServe needs Java >= 11 (found: $${v:-none}). Install it, e.g. 'apt-get install openjdk-17-jdk-headless'."; exit 1; fi
+
+browser: ## Debian's headless Chromium for the one real-browser test
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "Install Debian's chromium package (sudo apt-get install chromium)"; exit 1; fi; }
+
+model: install ## Generate the phantom data, train and archive the default model (cached)
+	$(PY) scripts/build_default_model.py
+
+archive: install ## Package a checkpoint: make archive CKPT=path NAME=name [ARGS="--arch resnet18 --classes a,b"]
+	@test -n "$(CKPT)" -a -n "$(NAME)" || { echo "usage: make archive CKPT=checkpoint.pt NAME=model_name [ARGS=...]"; exit 2; }
+	$(PY) scripts/archive.py $(CKPT) --name $(NAME) $(ARGS)
+
+serve: install ## Start TorchServe with config.properties and every .mar in model_store/
+	@ls model_store/*.mar >/dev/null 2>&1 || { echo "model_store/ has no .mar: run 'make model' or 'make archive'"; exit 1; }
+	$(VENV)/bin/torchserve --start --ncs --ts-config config.properties --model-store model_store
+	$(PY) scripts/wait_ready.py --url $(SERVER_URL) --management-url $(MGMT_URL) --key-file key_file.json
+
+stop: ## Stop TorchServe
+	-$(VENV)/bin/torchserve --stop
+
+app: install ## Run the Gradio app against the running TorchServe
+	$(PY) -m gradio_app --server-url $(SERVER_URL) --management-url $(MGMT_URL) --token-file key_file.json --port $(APP_PORT)
+
+demo: model ## Everything: install, model, TorchServe, Gradio app (Ctrl-C stops all of it)
+	$(MAKE) serve
+	trap '$(MAKE) stop' EXIT INT TERM; \
+	echo "TorchServe: $(SERVER_URL)  (token in key_file.json)"; \
+	$(PY) -m gradio_app --server-url $(SERVER_URL) --management-url $(MGMT_URL) --token-file key_file.json --port $(APP_PORT)
+
+test: install browser ## Run the whole test suite (starts real TorchServes on free ports)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: install ## ruff
+	$(VENV)/bin/ruff check camserve handlers scripts gradio_app tests
+
+bench: install ## Grad-CAM cost vs prediction-only, side by side, seven architectures
+	$(PY) scripts/bench.py
+
+analyze: install ## Error analysis of the demo test split through the running TorchServe
+	$(PY) scripts/analyze_errors.py --url $(SERVER_URL) --token-file key_file.json
+
+clean: ## Remove build outputs (keeps .venv and data/)
+	rm -rf logs outputs model_store/*.mar .pytest_cache
