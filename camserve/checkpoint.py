@@ -7,6 +7,10 @@ Accepted layouts, all loaded with ``torch.load(..., weights_only=True)``:
     ``backbone.``, ``module.`` (DataParallel) or ``_orig_mod.`` (torch.compile);
 (c) a bare state_dict, with ``arch`` and ``class_names`` given by the caller.
 
+A custom model class (TorchServe's ``--model-file`` convention: one file, one ``nn.Module`` class, built
+with the checkpoint's ``model_args``) replaces the torchvision ``arch``; its forward takes ``(image)`` or,
+with a tabular schema (``camserve.tabular``), ``(image, tabular)``.
+
 Everything that could go wrong at the first request (unknown arch, missing or unexpected keys, a head
 whose size does not match the class names, a pickled full model) fails here, with what to do about it.
 """
@@ -16,7 +20,7 @@ from __future__ import annotations
 import pickle
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +29,7 @@ from torch import nn
 
 from camserve.archs import DEFAULT_TARGET_LAYERS, auto_target_layer, build_arch, get_module
 from camserve.errors import CheckpointError
+from camserve.tabular import TabularSchema
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -47,10 +52,23 @@ class ModelSpec:
     input_size: int = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    model_file: str | None = None
+    model_args: dict[str, Any] = field(default_factory=dict)
+    tabular: dict[str, Any] | None = None
 
     @property
     def single_logit(self) -> bool:
         return self.num_outputs == 1
+
+    @property
+    def schema(self) -> TabularSchema | None:
+        return None if self.tabular is None else TabularSchema.from_dict(self.tabular)
+
+    def dummy_inputs(self, batch: int = 1) -> tuple[torch.Tensor, ...]:
+        """Zero inputs of the right shapes, for checking a model at archive time."""
+        image = torch.zeros(batch, 3, self.input_size, self.input_size)
+        schema = self.schema
+        return (image,) if schema is None else (image, torch.zeros(batch, schema.width))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -119,8 +137,9 @@ def resolve_spec(meta: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor]
                  overrides: Mapping[str, Any]) -> ModelSpec:
     """Merge checkpoint metadata and caller overrides (overrides win) into a checked ``ModelSpec``."""
     merged = {**meta, **{k: v for k, v in overrides.items() if v is not None}}
-    arch = merged.get("arch")
     names = merged.get("class_names")
+    model_file = merged.get("model_file")
+    arch = merged.get("arch") or (f"custom:{Path(model_file).stem}" if model_file else None)
     if not arch:
         raise CheckpointError("the checkpoint does not name its architecture: pass --arch")
     if not names:
@@ -128,11 +147,12 @@ def resolve_spec(meta: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor]
     names = tuple(str(n) for n in names)
     if len(set(names)) != len(names) or any(not n.strip() for n in names):
         raise CheckpointError(f"class names must be unique and non-empty, got {list(names)}")
-    outputs = head_size(state_dict)
-    if outputs != len(names) and not (outputs == 1 and len(names) == 2):
-        raise CheckpointError(
-            f"the classifier head has {outputs} outputs but {len(names)} class names were given "
-            f"({', '.join(names)}); a single-logit head needs exactly 2 names (negative, positive)")
+    outputs = 0 if model_file else head_size(state_dict)  # a custom model's head is found by a forward
+    if outputs:
+        check_head(outputs, names)
+    tabular = merged.get("tabular")
+    if tabular is not None:
+        tabular = TabularSchema.from_dict(tabular).to_dict()
     size = int(merged.get("input_size") or 224)
     if not 16 <= size <= 1024:
         raise CheckpointError(f"input_size must be between 16 and 1024, got {size}")
@@ -142,7 +162,18 @@ def resolve_spec(meta: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor]
         input_size=size,
         mean=tuple(float(x) for x in merged.get("mean") or IMAGENET_MEAN),
         std=tuple(float(x) for x in merged.get("std") or IMAGENET_STD),
+        model_file=str(model_file) if model_file else None,
+        model_args=dict(merged.get("model_args") or {}),
+        tabular=tabular,
     )
+
+
+def check_head(outputs: int, names: tuple[str, ...]) -> None:
+    """The head must have one output per class, or one logit for two classes."""
+    if outputs != len(names) and not (outputs == 1 and len(names) == 2):
+        raise CheckpointError(
+            f"the classifier head has {outputs} outputs but {len(names)} class names were given "
+            f"({', '.join(names)}); a single-logit head needs exactly 2 names (negative, positive)")
 
 
 def build_model(spec: ModelSpec, state_dict: Mapping[str, torch.Tensor]) -> tuple[nn.Module, ModelSpec]:
@@ -151,7 +182,10 @@ def build_model(spec: ModelSpec, state_dict: Mapping[str, torch.Tensor]) -> tupl
     Returns:
         The model in eval mode, and the spec with its target layer filled in (auto-located if empty).
     """
-    model = build_arch(spec.arch, spec.num_outputs)
+    if spec.model_file:
+        model = load_model_class(spec.model_file)(**spec.model_args)
+    else:
+        model = build_arch(spec.arch, spec.num_outputs)
     result = model.load_state_dict(state_dict, strict=False)
     problems = []
     if result.missing_keys:
@@ -163,9 +197,48 @@ def build_model(spec: ModelSpec, state_dict: Mapping[str, torch.Tensor]) -> tupl
             f"the weights do not fit a {spec.arch} ({'; '.join(problems)}): check --arch, "
             "or strip the wrapper prefix the keys carry")
     model.eval()
-    layer = spec.target_layer or auto_target_layer(model, spec.input_size)
+    if spec.model_file:
+        spec = replace(spec, num_outputs=custom_head_size(model, spec))
+    layer = spec.target_layer or auto_target_layer(model, spec.input_size, spec.dummy_inputs()[1:])
     get_module(model, layer)
     return model, replace(spec, target_layer=layer)
+
+
+def custom_head_size(model: nn.Module, spec: ModelSpec) -> int:
+    """Run a custom model once on zero inputs: its output must be ``[B, outputs]``."""
+    try:
+        with torch.no_grad():
+            out = model(*spec.dummy_inputs(2))
+    except Exception as exc:
+        schema = spec.schema
+        takes = f"(image, tabular of width {schema.width} from the schema)" if schema else "(image)"
+        raise CheckpointError(f"the custom model's forward{takes} fails on zero inputs: {exc}; check "
+                              "--model-args and that the tabular schema matches the model") from exc
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 2:
+        raise CheckpointError("the custom model's forward must return logits of shape [batch, outputs]")
+    check_head(int(out.shape[1]), spec.class_names)
+    return int(out.shape[1])
+
+
+def load_model_class(path: str | Path) -> type[nn.Module]:
+    """The one ``nn.Module`` class defined in a model file (TorchServe's ``--model-file`` rule)."""
+    import importlib.util
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"model file {str(path)!r} does not exist")
+    module_spec = importlib.util.spec_from_file_location(f"camserve_model_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:
+        raise CheckpointError(f"model file {path.name} fails to import: {exc}") from exc
+    classes = [c for c in vars(module).values()
+               if isinstance(c, type) and issubclass(c, nn.Module) and c.__module__ == module.__name__]
+    if len(classes) != 1:
+        raise CheckpointError(f"model file {path.name} must define exactly one nn.Module class, "
+                              f"found {len(classes)}: {', '.join(c.__name__ for c in classes)}")
+    return classes[0]
 
 
 def load_checkpoint(path: str | Path, **overrides: Any) -> tuple[nn.Module, ModelSpec]:
@@ -173,7 +246,8 @@ def load_checkpoint(path: str | Path, **overrides: Any) -> tuple[nn.Module, Mode
 
     Args:
         path: The checkpoint file.
-        **overrides: ``arch``, ``class_names``, ``input_size``, ``mean``, ``std``, ``target_layer``;
+        **overrides: ``arch``, ``class_names``, ``input_size``, ``mean``, ``std``, ``target_layer``,
+            ``model_file`` (path of a custom model class), ``model_args``, ``tabular`` (schema dict);
             ``None`` values are ignored.
     """
     state_dict, meta = split_checkpoint(load_file(path))

@@ -81,9 +81,21 @@ class Client:
         return explanation_from_dict(self._post(f"explanations/{model}", image, mask, options))
 
     def describe(self, model: str) -> ModelInfo:
-        """The model's name, classes, input size and layer (one tiny prediction-only request)."""
-        from camserve.imaging import blank_png
-        return self.explain(model, blank_png(), explain="none").model
+        """The model's name, classes, input size, layer and tabular schema.
+
+        Asks the management API (``GET /models/{model}?customized=true``, answered by the handler);
+        without a management URL, sends one tiny prediction-only request (image-only models).
+        """
+        if not self.management_url:
+            from camserve.imaging import blank_png
+            return self.explain(model, blank_png(), explain="none").model
+        body = self._call("GET", f"{self.management_url}/models/{model}", self._mgmt_headers,
+                          params={"customized": "true"})
+        try:
+            meta = body[0]["customizedMetadata"]  # TorchServe parses the handler's JSON when it can
+            return ModelInfo(**(json.loads(meta) if isinstance(meta, str) else meta))
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise CamserveError(f"model {model!r} has no camserve metadata; is it served by camserve's handler?") from exc
 
     def ping(self) -> str:
         """TorchServe's health status (``Healthy``), or raise."""
@@ -103,7 +115,7 @@ class Client:
         data = {k: str(v) for k, v in options.items() if v is not None}
         return self._call("POST", f"{self.url}/{route}", self._headers, files=files, data=data)
 
-    def _call(self, method: str, url: str, headers: Mapping[str, str], **kwargs: Any) -> dict:
+    def _call(self, method: str, url: str, headers: Mapping[str, str], **kwargs: Any) -> Any:
         try:
             resp = self.session.request(method, url, headers=dict(headers), timeout=self.timeout, **kwargs)
         except requests.Timeout as exc:
@@ -116,6 +128,6 @@ class Client:
             body = resp.text[:300]
         if resp.status_code != 200:
             raise from_payload(resp.status_code, body)
-        if not isinstance(body, dict):
+        if not isinstance(body, (dict, list)):
             raise CamserveError(f"unexpected response from {url}: {str(body)[:200]}")
         return body

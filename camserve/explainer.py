@@ -22,7 +22,7 @@ from torch import nn
 from camserve import cam as cam_ops
 from camserve.archs import get_module
 from camserve.checkpoint import ModelSpec, load_checkpoint
-from camserve.errors import RequestError
+from camserve.errors import InvalidRequest, RequestError
 from camserve.imaging import decode_image, decode_mask, preprocess
 from camserve.parsing import parse_options, split_request
 from camserve.render import render, to_data_url
@@ -41,13 +41,15 @@ class Prepared:
     mask: Any  # numpy bool array at the image's size, or None
     options: ExplainOptions
     preprocess_ms: float
+    tabular: torch.Tensor | None = None
 
 
 class Explainer:
     """A loaded model and everything needed to answer explain requests for it.
 
     Args:
-        model: The classifier (forward takes one image batch).
+        model: The classifier; its forward takes ``(images)``, or ``(images, tabular)`` when the spec
+            has a tabular schema.
         spec: Its description (classes, preprocessing, target layer).
         name: Model name as served.
         version: Model version as served.
@@ -60,8 +62,10 @@ class Explainer:
         self.model = model.to(self.device).eval()
         self.spec = spec
         self.layer = get_module(self.model, spec.target_layer)
+        self.schema = spec.schema
         self.info = ModelInfo(name=name, version=version, arch=spec.arch, layer=spec.target_layer,
-                              classes=list(spec.class_names), input_size=spec.input_size)
+                              classes=list(spec.class_names), input_size=spec.input_size,
+                              tabular=spec.tabular)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, name: str, version: str = "1.0",
@@ -86,21 +90,25 @@ class Explainer:
     def prepare(self, row: Mapping[str, Any]) -> Prepared:
         """Decode and validate one row (raises ``RequestError``)."""
         start = time.perf_counter()
-        raw = split_request(row)
+        raw = split_request(row, self.schema.names if self.schema else ())
         options = parse_options(raw.fields, self.spec.class_names)
+        if self.schema is None and raw.clinical:
+            raise InvalidRequest("field 'clinical': this model takes no clinical fields")
+        tabular = None if self.schema is None else self.schema.encode(raw.clinical)
         image = decode_image(raw.image, "data")
         mask = None if raw.mask is None else decode_mask(raw.mask, image.size, "mask")
         tensor = preprocess(image, self.spec.input_size, self.spec.mean, self.spec.std)
-        return Prepared(image, tensor, mask, options, (time.perf_counter() - start) * 1e3)
+        return Prepared(image, tensor, mask, options, (time.perf_counter() - start) * 1e3, tabular)
 
     def run(self, items: Sequence[Prepared]) -> list[ExplainResponse]:
         """One forward for the whole batch, then per-item rendering."""
         start = time.perf_counter()
         x = torch.stack([p.tensor for p in items]).to(self.device)
+        extra = () if self.schema is None else (torch.stack([p.tabular for p in items]).to(self.device),)
         if any(p.options.wants_cam for p in items):
-            out = cam_ops.predict_and_explain(self.model, self.layer, x, [p.options.target for p in items])
+            out = cam_ops.predict_and_explain(self.model, self.layer, x, [p.options.target for p in items], extra)
         else:
-            out = cam_ops.predict(self.model, x)
+            out = cam_ops.predict(self.model, x, extra)
         forward_ms = (time.perf_counter() - start) * 1e3
         return [self.respond(p, out, i, forward_ms, len(items)) for i, p in enumerate(items)]
 

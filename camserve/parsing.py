@@ -6,6 +6,9 @@ A request arrives (from TorchServe, or any other server reusing the core) as a d
 - JSON: ``{"body": {"data": "<base64>", "mask": "<base64>", ...options}}``;
 - multipart form data: one key per field, every value bytes: ``{"data": ..., "alpha": b"0.3", ...}``.
 
+Multimodal models also take clinical fields: named by their schema as multipart fields (or one
+multipart field ``clinical`` holding a JSON object), or as a JSON object ``clinical`` in a JSON body.
+
 Every problem raises a ``RequestError`` whose message names the field and what is allowed.
 """
 
@@ -13,9 +16,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from camserve.errors import InvalidRequest
@@ -33,40 +37,63 @@ class RawRequest:
     image: bytes
     mask: bytes | None
     fields: dict[str, Any]
+    clinical: dict[str, Any] = field(default_factory=dict)
 
 
-def split_request(row: Mapping[str, Any]) -> RawRequest:
-    """Separate image, mask and option fields of one TorchServe request row."""
+def split_request(row: Mapping[str, Any], clinical_names: Sequence[str] = ()) -> RawRequest:
+    """Separate image, mask, option and clinical fields of one TorchServe request row.
+
+    Args:
+        row: One entry of TorchServe's batch.
+        clinical_names: The model's tabular feature names (accepted as multipart fields).
+    """
     if "body" in row and len(row) == 1:
         body = row["body"]
         if isinstance(body, Mapping):
-            return _from_json(body)
+            return _from_json(body, clinical_names)
         if isinstance(body, (bytes, bytearray)):
             return RawRequest(image=bytes(body), mask=None, fields={})
         raise InvalidRequest("the request body must be image bytes, multipart form data or a JSON object")
-    fields = {k: _text(k, v) for k, v in row.items() if k not in FILE_FIELDS}
-    _check_names(fields)
+    texts = {k: _text(k, v) for k, v in row.items() if k not in FILE_FIELDS}
+    clinical = {k: texts.pop(k) for k in list(texts) if k in clinical_names}
+    if "clinical" in texts:
+        clinical.update(_clinical_object(_json_text("clinical", texts.pop("clinical"))))
+    _check_names(texts, clinical_names)
     if "data" not in row:
         raise InvalidRequest("missing field 'data': send the image in a form field named 'data'")
     mask = row.get("mask")
-    return RawRequest(image=bytes(row["data"]), mask=bytes(mask) if mask else None, fields=fields)
+    return RawRequest(image=bytes(row["data"]), mask=bytes(mask) if mask else None, fields=texts, clinical=clinical)
 
 
-def _from_json(body: Mapping[str, Any]) -> RawRequest:
+def _from_json(body: Mapping[str, Any], clinical_names: Sequence[str]) -> RawRequest:
     fields = {k: v for k, v in body.items() if k not in FILE_FIELDS}
-    _check_names(fields)
+    clinical = _clinical_object(fields.pop("clinical", None) or {})
+    _check_names(fields, clinical_names)
     if "data" not in body:
         raise InvalidRequest("missing field 'data': put the base64-encoded image in the JSON field 'data'")
     mask = body.get("mask")
     return RawRequest(image=_b64("data", body["data"]),
-                      mask=_b64("mask", mask) if mask not in (None, "") else None, fields=fields)
+                      mask=_b64("mask", mask) if mask not in (None, "") else None, fields=fields, clinical=clinical)
 
 
-def _check_names(fields: Mapping[str, Any]) -> None:
+def _check_names(fields: Mapping[str, Any], clinical_names: Sequence[str] = ()) -> None:
     unknown = sorted(set(fields) - set(OPTION_FIELDS))
     if unknown:
-        raise InvalidRequest(
-            f"unknown field '{unknown[0]}'; allowed fields: {', '.join(FILE_FIELDS + OPTION_FIELDS)}")
+        allowed = FILE_FIELDS + OPTION_FIELDS + (("clinical", *clinical_names) if clinical_names else ())
+        raise InvalidRequest(f"unknown field '{unknown[0][:60]}'; allowed fields: {', '.join(allowed)}")
+
+
+def _json_text(name: str, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise InvalidRequest(f"field '{name}' must be a JSON object") from exc
+
+
+def _clinical_object(value: Any) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise InvalidRequest("field 'clinical' must be a JSON object of clinical field names to values")
+    return {str(k): v for k, v in value.items()}
 
 
 def _text(name: str, value: Any) -> str:

@@ -49,6 +49,7 @@ class ModelInfo:
     layer: str
     classes: list[str]
     input_size: int
+    tabular: dict[str, Any] | None = None  # the clinical-field schema of a multimodal model
 
 
 @dataclass(frozen=True)

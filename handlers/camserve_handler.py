@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -38,14 +39,18 @@ class CamserveHandler:
         settings = (context.model_yaml_config or {}).get("camserve", {})
         self.max_response_bytes = int(settings.get("max_response_bytes", DEFAULT_MAX_RESPONSE_BYTES))
         path = os.path.join(props["model_dir"], manifest["serializedFile"])
+        model_file = manifest.get("modelFile")  # a custom model class, packed with --model-file
         self.explainer = Explainer.from_checkpoint(
-            path, name=manifest["modelName"], version=str(manifest.get("modelVersion", "1.0")), device=device)
+            path, name=manifest["modelName"], version=str(manifest.get("modelVersion", "1.0")), device=device,
+            model_file=os.path.join(props["model_dir"], model_file) if model_file else None)
         log.info("camserve: %s (%s, layer %s) on %s", manifest["modelName"], self.explainer.spec.arch,
                  self.explainer.spec.target_layer, device)
         self.initialized = True
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[str]:
         """One JSON string per request, in order; statuses set per request."""
+        if context.get_request_header(0, "describe") == "True":  # GET /models/{name}?customized=true
+            return [json.dumps(asdict(self.explainer.info), separators=(",", ":"))]
         try:
             results = self.explainer.handle(data)
         except Exception:  # a bug or device failure: answer every request, keep the worker alive

@@ -2,6 +2,7 @@
 
     python scripts/archive.py CHECKPOINT --name NAME [--arch A] [--classes a,b,c]
         [--target-layer DOTTED] [--input-size N] [--version V] [--model-store DIR]
+        [--model-file model.py [--model-args JSON] [--tabular-schema schema.json]]
 
 The checkpoint is validated here (weights only, architecture, keys, head size, target layer, one
 explained forward), so a bad one fails now with what to do, never at the first request.
@@ -16,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -47,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=positive_int, help="square input side (default: checkpoint's, or 224)")
     p.add_argument("--version", default="1.0", help="model version")
     p.add_argument("--model-store", type=Path, default=REPO / "model_store", help="where NAME.mar is written")
+    p.add_argument("--model-file", type=Path,
+                   help="custom model: a .py file defining one nn.Module class (replaces --arch)")
+    p.add_argument("--model-args", type=json.loads, help="JSON kwargs for the custom class (else checkpoint's)")
+    p.add_argument("--tabular-schema", type=Path, help="JSON schema of the tabular features of a multimodal model")
     p.add_argument("--batch-size", type=positive_int, default=8, help="TorchServe dynamic batch size")
     p.add_argument("--max-batch-delay", type=positive_int, default=50, help="ms to wait to fill a batch")
     p.add_argument("--workers", type=positive_int, default=1, help="workers per model")
@@ -56,12 +62,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def validate(path: Path, args: argparse.Namespace) -> tuple[torch.nn.Module, ModelSpec]:
     """Load, check and explain one dummy input; raise ``CheckpointError`` on any mismatch."""
+    tabular = None
+    if args.tabular_schema:
+        try:
+            tabular = json.loads(args.tabular_schema.read_text())
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"cannot read the tabular schema {args.tabular_schema}: {exc}") from exc
     model, spec = load_checkpoint(path, arch=args.arch, class_names=args.classes,
-                                  target_layer=args.target_layer, input_size=args.input_size)
-    x = torch.zeros(1, 3, spec.input_size, spec.input_size)
+                                  target_layer=args.target_layer, input_size=args.input_size,
+                                  model_file=args.model_file, model_args=args.model_args, tabular=tabular)
+    if spec.tabular and not spec.model_file:
+        raise CheckpointError("a tabular schema needs a custom model whose forward takes (image, tabular): "
+                              "pass --model-file")
+    x, *extra = spec.dummy_inputs()
     try:
-        out = cam_ops.predict_and_explain(model, get_module(model, spec.target_layer), x, [None])
-    except (TypeError, RuntimeError) as exc:
+        out = cam_ops.predict_and_explain(model, get_module(model, spec.target_layer), x, [None], extra)
+    except (TypeError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"Grad-CAM at layer {spec.target_layer!r} fails: {exc}; "
                               "choose another --target-layer") from exc
     if out.cams is None or out.cams.dim() != 3:
@@ -84,7 +100,8 @@ def archive(args: argparse.Namespace) -> Path:
     args.model_store.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         stage = Path(tmp)
-        save_checkpoint(stage / WEIGHTS_NAME, model, spec)
+        packed = replace(spec, model_file=Path(spec.model_file).name) if spec.model_file else spec
+        save_checkpoint(stage / WEIGHTS_NAME, model, packed)
         (stage / "model-config.yaml").write_text(model_config(args))
         shutil.copytree(CORE, stage / "pkg" / "camserve", ignore=shutil.ignore_patterns("__pycache__"))
         cmd = [sys.executable, "-m", "model_archiver.model_packaging", "--model-name", args.name,
@@ -92,6 +109,8 @@ def archive(args: argparse.Namespace) -> Path:
                "--handler", str(HANDLER), "--extra-files", str(stage / "pkg"),
                "--config-file", str(stage / "model-config.yaml"),
                "--export-path", str(args.model_store), "--force"]
+        if spec.model_file:
+            cmd += ["--model-file", spec.model_file]
         subprocess.run(cmd, check=True, capture_output=True, text=True)
     out = args.model_store / f"{args.name}.mar"
     print(json.dumps({"mar": str(out), "name": args.name, "version": args.version, **spec.to_dict()}))

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
             client = Client.from_key_file(args.key_file, args.url, args.management_url, timeout=5)
             models = client.models()
             for name in models:
-                client.describe(name)  # answers only once a worker is READY
+                client.describe(name)  # the handler answers only once a worker is READY
             print(f"TorchServe ready at {args.url} with models: {', '.join(models)}")
             return 0
         except CamserveError as exc:
