@@ -13,7 +13,7 @@ from typing import Any
 import requests
 
 from camserve.errors import CamserveError, InvalidRequest, ServerUnavailable, from_payload
-from camserve.schema import Explanation, ExplainResponse, ModelInfo, explanation_from_dict
+from camserve.schema import ExplainResponse, Explanation, ModelInfo, explanation_from_dict
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_MANAGEMENT_URL = "http://127.0.0.1:8081"
@@ -95,7 +95,8 @@ class Client:
             meta = body[0]["customizedMetadata"]  # TorchServe parses the handler's JSON when it can
             return ModelInfo(**(json.loads(meta) if isinstance(meta, str) else meta))
         except (KeyError, IndexError, TypeError, ValueError) as exc:
-            raise CamserveError(f"model {model!r} has no camserve metadata; is it served by camserve's handler?") from exc
+            raise CamserveError(f"model {model!r} has no camserve metadata: is it served by camserve's handler?"
+                                ) from exc
 
     def ping(self) -> str:
         """TorchServe's health status (``Healthy``), or raise."""

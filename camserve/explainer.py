@@ -26,8 +26,16 @@ from camserve.errors import InvalidRequest, RequestError
 from camserve.imaging import decode_image, decode_mask, preprocess
 from camserve.parsing import parse_options, split_request
 from camserve.render import render, to_data_url
-from camserve.schema import (ClassScore, ErrorInfo, ExplainOptions, ExplainResponse, Explanation,
-                             ModelInfo, Prediction, Target)
+from camserve.schema import (
+    ClassScore,
+    ErrorInfo,
+    ExplainOptions,
+    ExplainResponse,
+    Explanation,
+    ModelInfo,
+    Prediction,
+    Target,
+)
 
 log = logging.getLogger(__name__)
 

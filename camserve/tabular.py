@@ -128,6 +128,7 @@ def _encode_one(f: Feature, value: Any) -> list[float]:
     matches = [i for i, c in enumerate(f.categories) if c == text] or \
               [i for i, c in enumerate(f.categories) if c.lower() == text.lower()]
     if not matches:
-        raise InvalidRequest(f"clinical field '{f.name}': {text!r} is not allowed; use one of {', '.join(f.categories)}")
+        allowed = ", ".join(f.categories)
+        raise InvalidRequest(f"clinical field '{f.name}': {text!r} is not allowed; use one of {allowed}")
     onehot[matches[0]] = 1.0
     return onehot + [0.0]
