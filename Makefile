@@ -68,8 +68,8 @@ lint: install ## ruff
 bench: install ## Grad-CAM cost vs prediction-only, side by side, seven architectures
 	$(PY) scripts/bench.py
 
-analyze: install ## Error analysis of the demo test split through the running TorchServe
-	$(PY) scripts/analyze_errors.py --url $(SERVER_URL) --token-file key_file.json
+analyze: install ## Error analysis of the phantom test split through the served chest_phantom (after make serve)
+	$(PY) scripts/analyze_errors.py --url $(SERVER_URL) --token-file key_file.json --visualize --gradcam --top-k 20 $(ARGS)
 
 clean: ## Remove build outputs (keeps .venv and data/)
 	rm -rf logs outputs model_store/*.mar .pytest_cache

@@ -152,7 +152,7 @@ class Explainer:
         focus = None
         if item.mask is not None:
             mask = Image.fromarray(item.mask).resize(overlay.size, Image.NEAREST)
-            focus = cam_ops.focus_score(cam_up, torch.from_numpy(np.asarray(mask)))
+            focus = cam_ops.focus_score(cam_up, torch.from_numpy(np.array(mask)))
         return Explanation(
             method="gradcam", target=Target(self.spec.class_names[target], target),
             cam=[[round(v, 5) for v in row] for row in cam.tolist()], cam_max=top,
