@@ -96,7 +96,7 @@ def from_payload(status: int, payload: Any) -> CamserveError:
         The matching ``CamserveError`` subclass instance.
     """
     body = payload if isinstance(payload, dict) else {}
-    message = str(body.get("message") or payload or f"HTTP {status}")
+    message = str(body.get("message") or payload or f"HTTP {status}")[:500]
     kind = str(body.get("type", ""))
     if kind == "InvalidKeyException":  # TorchServe answers a bad token with 400, not 401
         return Unauthorized(f"the server refused the token: {message}")
