@@ -1,7 +1,8 @@
 """The Gradio shell: ``build_app(settings)`` lays out the page and wires events to plain functions.
 
-All logic lives in ``client``, ``explain``, ``render``, ``batch`` and ``examples``; the only thing
-this module adds is turning a ``UserError`` (or anything unexpected) into ``gr.Error``, in one place.
+All logic lives in ``client``, ``explain``, ``render``, ``batch``, ``clinical`` and ``examples`` (the
+clinical form's widgets in ``form``); the only thing this module adds is turning a ``UserError`` (or
+anything unexpected) into ``gr.Error``, in one place.
 """
 
 from __future__ import annotations
@@ -9,12 +10,14 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from camserve.schema import COLORMAPS, DEFAULT_ALPHA
 from gradio_app import batch as batch_ops
+from gradio_app import clinical, form
 from gradio_app.client import Connection, ServerStatus, UserError
 from gradio_app.examples import pick_examples
 from gradio_app.explain import AUTO, NO_LABEL, explain
@@ -69,9 +72,15 @@ class Handlers:
         self.fallback_labels = fallback_labels
 
     @user_errors
-    def explain(self, image, model, target, colormap, alpha, mask, label) -> tuple:
-        view = explain(self.conn, model or self.first_model(), image, mask=mask, target=target, label=label,
-                       colormap=colormap, alpha=alpha)
+    def explain(self, image, model, target, colormap, alpha, mask, label, *slots) -> tuple:
+        """One image; ``slots`` are the clinical form's values (``form.ClinicalForm.inputs``)."""
+        model = model or self.first_model()
+        fields = {}
+        if not all(map(clinical.is_missing, slots)):  # an image-only model's form is empty: no lookup
+            form_fields = clinical.form_fields(self.conn.describe(model).tabular)
+            fields = clinical.request_fields(form_fields, form.values(form_fields, slots))
+        view = explain(self.conn, model, image, mask=mask, target=target, label=label, colormap=colormap,
+                       alpha=alpha, clinical=fields)
         return view.outputs()
 
     @user_errors
@@ -97,18 +106,30 @@ class Handlers:
         return (gr.Dropdown(choices=targets, value=target if target in targets else AUTO),
                 gr.Dropdown(choices=labels, value=label if label in labels else NO_LABEL))
 
+    def clinical_form(self, model: str | None) -> tuple:
+        """The clinical form (and the batch view's CSV upload) of a model: hidden when it has none."""
+        fields = self.fields_or_empty(model) if model else []
+        return *form.updates(fields), *form.batch_updates(fields)
+
     @user_errors
-    def batch(self, paths, model, colormap, alpha, progress=gr.Progress()) -> tuple:  # noqa: B008 (Gradio injects it)
+    def batch(self, paths, model, colormap, alpha, clinical_csv=None,
+              progress=gr.Progress()) -> tuple:  # noqa: B008 (Gradio injects it)
         if not paths:
             raise UserError("Add some images or a zip first.")
         items = batch_ops.collect(paths)
         model = model or self.first_model()
+        fields = clinical.form_fields(self.conn.describe(model).tabular)
+        table = clinical.read_table(Path(clinical_csv), fields) if clinical_csv else None
+        clinical.check_required(fields, table)
         progress((0, len(items)), desc="Explaining")
         results = batch_ops.explain_batch(self.conn, model, items, classes=self.conn.classes(model),
-                                          colormap=colormap, alpha=alpha,
+                                          colormap=colormap, alpha=alpha, clinical=table,
                                           progress=lambda done, n: progress((done, n), desc="Explaining"))
         ordered = batch_ops.sort_results(results)
-        return batch_ops.summary(ordered), batch_ops.gallery(ordered)
+        text = batch_ops.summary(ordered)
+        if table is not None:
+            text += "\n\n" + table.coverage([i.name for i in items])
+        return text, batch_ops.gallery(ordered)
 
     def first_model(self) -> str:
         """The model to use when none is selected yet (the server was down when the page was built)."""
@@ -116,6 +137,14 @@ class Handlers:
         if not models:
             raise UserError("The model server serves no model.")
         return models[0]
+
+    def fields_or_empty(self, model: str) -> list[clinical.FormField]:
+        """The clinical form of a model; none when it cannot be described (the request then says why)."""
+        try:
+            return clinical.form_fields(self.conn.describe(model).tabular)
+        except UserError as exc:
+            log.warning("cannot read the clinical schema of %s: %s", model, exc)
+            return []
 
     def classes_or_empty(self, model: str) -> list[str]:
         try:
@@ -137,6 +166,7 @@ def build_app(settings: Settings, connection: Connection | None = None) -> gr.Bl
     examples = pick_examples(settings.examples_dir)
     on = Handlers(conn, sorted({e.label for e in examples}))
     classes = on.classes_or_empty(status.models[0]) if status.ok else []
+    fields = on.fields_or_empty(status.models[0]) if status.ok else []
 
     with gr.Blocks(title="camserve: what the model sees", analytics_enabled=False) as demo:
         gr.Markdown(f"## What the model sees\n{INTRO}")
@@ -160,6 +190,7 @@ def build_app(settings: Settings, connection: Connection | None = None) -> gr.Bl
                                         label="True label (optional)", info="gives the verdict: correct or misread")
                     mask = gr.Image(type="pil", image_mode=None, sources=["upload", "clipboard"], height=160,
                                     label="Region mask (optional)")
+                    clinical_form = form.ClinicalForm(fields)
                     run = gr.Button("Explain", variant="primary", elem_id="explain")
                 with gr.Column(scale=2):
                     scores = gr.Label(num_top_classes=5, label="Top classes", elem_id="scores")
@@ -180,12 +211,15 @@ def build_app(settings: Settings, connection: Connection | None = None) -> gr.Bl
         with gr.Tab("Batch"):
             files = gr.File(file_count="multiple", file_types=["image", ".zip"],
                             label="Images, or a zip of class folders (folder name = true label)")
+            batch_note = gr.Markdown(clinical.batch_note(fields), visible=bool(fields))
+            clinical_csv = gr.File(file_types=[".csv"], label="Clinical data (CSV, optional)", visible=bool(fields))
             run_batch = gr.Button("Explain all", variant="primary")
             batch_summary = gr.Markdown()
             gallery = gr.Gallery(label="Errors first, then by confidence", columns=5, format="png",
                                  object_fit="contain", height="auto", buttons=["download", "fullscreen"])
 
-        run.click(on.explain, [image, model, target, colormap, alpha, mask, label],
+        run.click(form.with_form_parameters(on.explain),
+                  [image, model, target, colormap, alpha, mask, label, *clinical_form.inputs],
                   [scores, original, heatmap, overlay, focus, verdict, details, shown],
                   api_name="explain", concurrency_limit=SERVER_CONCURRENCY)
         for trigger, name in ((colormap, "rerender"), (alpha, None)):
@@ -197,8 +231,10 @@ def build_app(settings: Settings, connection: Connection | None = None) -> gr.Bl
         demo.load(on.load, model, [status_md, model], api_visibility="private", concurrency_limit=SERVER_CONCURRENCY)
         model.change(on.class_choices, [model, target, label], [target, label], api_visibility="private",
                      concurrency_limit=SERVER_CONCURRENCY)
-        run_batch.click(on.batch, [files, model, colormap, alpha], [batch_summary, gallery], api_name="batch",
-                        concurrency_limit=2)
+        model.change(on.clinical_form, model, [*clinical_form.outputs, batch_note, clinical_csv],
+                     api_name="clinical_form", concurrency_limit=SERVER_CONCURRENCY)
+        run_batch.click(on.batch, [files, model, colormap, alpha, clinical_csv], [batch_summary, gallery],
+                        api_name="batch", concurrency_limit=2)
     return demo
 
 

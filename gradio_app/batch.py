@@ -20,6 +20,7 @@ from camserve.errors import CamserveError, RequestError
 from camserve.imaging import MAX_IMAGE_BYTES
 from camserve.render import from_data_url
 from camserve.schema import DEFAULT_ALPHA, ExplainResponse
+from gradio_app import clinical as clinical_data
 from gradio_app.client import Connection, UserError
 
 log = logging.getLogger(__name__)
@@ -142,11 +143,13 @@ def match_label(folder: str | None, classes: Sequence[str]) -> str | None:
 
 def explain_batch(conn: Connection, model: str, items: Sequence[BatchItem], *, classes: Sequence[str],
                   colormap: str = "jet", alpha: float = DEFAULT_ALPHA, max_side: int = BATCH_MAX_SIDE,
-                  workers: int = 4, progress: Progress | None = None) -> list[BatchResult]:
+                  workers: int = 4, progress: Progress | None = None,
+                  clinical: clinical_data.ClinicalTable | None = None) -> list[BatchResult]:
     """Explain every item (``workers`` requests in flight, so TorchServe can batch them), in input order.
 
     Folder names that are not classes of the model count as unlabelled. An image the server rejects
-    becomes a failed result; a server that is down or refuses the key stops the whole batch.
+    becomes a failed result; a server that is down or refuses the key stops the whole batch. A
+    multimodal model gets each image's row of ``clinical``; without one, its fields are all missing.
 
     Raises:
         UserError: The server is unreachable or refused the key.
@@ -156,9 +159,10 @@ def explain_batch(conn: Connection, model: str, items: Sequence[BatchItem], *, c
 
     def one(i: int) -> BatchResult:
         item = items[i]
+        fields = clinical_data.encode({} if clinical is None else clinical.lookup(item.name))
         try:
             resp = conn.call(lambda c: c.explain(model, item.data, label=labels[i], colormap=colormap,
-                                                 alpha=alpha, max_side=max_side))
+                                                 alpha=alpha, max_side=max_side, clinical=fields))
         except RequestError as exc:
             return BatchResult(item, error=conn.friendly(exc))
         return BatchResult(item, resp)

@@ -50,7 +50,7 @@ class Connection:
         self.settings = settings
         self._lock = threading.Lock()
         self._client: Client | None = None
-        self._classes: dict[str, list[str]] = {}
+        self._info: dict[str, ModelInfo] = {}
         self._keys: set[str] = set()  # every key used so far, scrubbed from messages
 
     def client(self) -> Client:
@@ -92,15 +92,19 @@ class Connection:
             return list(self.settings.models)
         return self.run(lambda c: c.models())
 
+    def describe(self, model: str) -> ModelInfo:
+        """A model's description: classes, tabular schema... (cached until the next :meth:`status`)."""
+        if model not in self._info:
+            self._info[model] = self.run(lambda c: _describe(c, model))
+        return self._info[model]
+
     def classes(self, model: str) -> list[str]:
-        """A model's class names, in head order (cached until the next :meth:`status`)."""
-        if model not in self._classes:
-            self._classes[model] = list(self.run(lambda c: _describe(c, model)).classes)
-        return self._classes[model]
+        """A model's class names, in head order."""
+        return list(self.describe(model).classes)
 
     def status(self) -> ServerStatus:
         """Ping the server and list its models; never raises."""
-        self._classes.clear()
+        self._info.clear()
         try:
             self.run(lambda c: c.ping())
             models = self.models()

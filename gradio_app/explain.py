@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from PIL import Image
 
 from camserve.errors import CamserveError
 from camserve.render import from_data_url
 from camserve.schema import DEFAULT_ALPHA, DEFAULT_MAX_SIDE, ExplainResponse
+from gradio_app import clinical as clinical_data
 from gradio_app.client import Connection, UserError, scrub
 from gradio_app.render import ImageInput, Shown, as_rgb, encode
 
@@ -50,7 +53,8 @@ class ExplainView:
 
 def explain(conn: Connection, model: str, image: ImageInput, *, mask: ImageInput | None = None,
             target: str | None = AUTO, label: str | None = None, colormap: str = "jet",
-            alpha: float = DEFAULT_ALPHA, max_side: int = DEFAULT_MAX_SIDE) -> ExplainView:
+            alpha: float = DEFAULT_ALPHA, max_side: int = DEFAULT_MAX_SIDE,
+            clinical: Mapping[str, Any] | None = None) -> ExplainView:
     """Send one image to the server and return what to display.
 
     Args:
@@ -63,6 +67,8 @@ def explain(conn: Connection, model: str, image: ImageInput, *, mask: ImageInput
         colormap: One of ``camserve.schema.COLORMAPS``.
         alpha: Heatmap weight in the overlay.
         max_side: Longest side of the returned images.
+        clinical: A multimodal model's clinical fields (``gradio_app.clinical.request_fields``); a field
+            left out is missing.
 
     Raises:
         UserError: The server is down, slow, refused the key or rejected the request.
@@ -76,7 +82,8 @@ def explain(conn: Connection, model: str, image: ImageInput, *, mask: ImageInput
     data, mask_data = encode(image), None if mask is None else encode(mask)
     options = {"target": None if target in (None, "", AUTO) else target,
                "label": None if label in (None, "", NO_LABEL) else label,
-               "colormap": colormap, "alpha": alpha, "max_side": max_side}
+               "colormap": colormap, "alpha": alpha, "max_side": max_side,
+               "clinical": clinical_data.encode(clinical or {})}
     response = conn.run(lambda c: c.explain(model, data, mask_data, **options))
     exp = response.explanation
     if exp is None:
@@ -89,7 +96,7 @@ def explain(conn: Connection, model: str, image: ImageInput, *, mask: ImageInput
         overlay=from_data_url(exp.overlay),
         focus=None if exp.focus_score is None else round(exp.focus_score, 3),
         verdict=verdict(response),
-        details=details(response),
+        details=details(response, clinical_data.summary(clinical or {})),
         shown=shown,
         response=response,
     )
@@ -106,9 +113,10 @@ def verdict(response: ExplainResponse) -> str:
     return f"{response.error.true_label} misread as {pred.label}, {confident}"
 
 
-def details(response: ExplainResponse) -> str:
-    """One line: the explained class, the model and the server time."""
+def details(response: ExplainResponse, clinical: str = "") -> str:
+    """One line: the explained class, the model, the clinical fields sent (if any) and the server time."""
     m, exp = response.model, response.explanation
     target = exp.target.label if exp is not None else response.prediction.label
     ms = sum(v for k, v in response.timing_ms.items() if k != "batch_size")
-    return f"Grad-CAM of **{target}** · model {m.name} ({m.arch}, layer {m.layer}) · {ms:.0f} ms on the server"
+    sent = "" if m.tabular is None else f" · clinical data: {clinical or 'all missing'}"
+    return f"Grad-CAM of **{target}** · model {m.name} ({m.arch}, layer {m.layer}){sent} · {ms:.0f} ms on the server"
