@@ -71,7 +71,8 @@ class Client:
             image: Encoded image bytes.
             mask: Optional region-of-interest mask image bytes (gives ``focus_score``).
             **options: ``target``, ``label``, ``topk``, ``explain``, ``colormap``, ``alpha``,
-                ``max_side``; ``None`` values are not sent.
+                ``max_side``, and for multimodal models ``clinical`` (a dict, sent as JSON) or the
+                clinical fields by name; ``None`` values are not sent.
         """
         return ExplainResponse.from_dict(self._post(f"predictions/{model}", image, mask, options))
 
@@ -113,7 +114,7 @@ class Client:
         files = {"data": ("image", image, "application/octet-stream")}
         if mask is not None:
             files["mask"] = ("mask", mask, "application/octet-stream")
-        data = {k: str(v) for k, v in options.items() if v is not None}
+        data = {k: json.dumps(v) if isinstance(v, Mapping) else str(v) for k, v in options.items() if v is not None}
         return self._call("POST", f"{self.url}/{route}", self._headers, files=files, data=data)
 
     def _call(self, method: str, url: str, headers: Mapping[str, str], **kwargs: Any) -> Any:
