@@ -163,9 +163,11 @@ def test_multimodal_model_serves_through_torchserve(tmp_path: Path) -> None:
     with torchserve(store, tmp_path / "ts") as server:
         client = server.client()
         served = client.explain("thyroid", img, label="malignant", **CLINICAL)
+        as_object = client.explain("thyroid", img, clinical=CLINICAL)
         with pytest.raises(InvalidRequest, match="clinical field 'age' is required"):
             client.explain("thyroid", img, **{k: v for k, v in CLINICAL.items() if k != "age"})
         assert client.describe("thyroid").tabular["features"][5]["name"] == "age"
     expected = explain(local, img, label="malignant", **CLINICAL)
     assert served.probabilities == pytest.approx(expected.probabilities, abs=1e-6)
     assert served.error.true_label == "malignant" and served.model.layer == "cnn.layer4"
+    assert as_object.probabilities == served.probabilities
