@@ -1,0 +1,388 @@
+#!/usr/bin/env python3
+"""Generate deterministic SYNTHETIC frontal chest radiographs ("phantoms") with lung and lesion masks.
+
+Not medical data: a stand-in for a chest X-ray set that cannot be downloaded. ``COVID`` has multifocal,
+bilateral, peripheral ground-glass blobs, ``Normal`` none, ``Viral_Pneumonia`` one or two denser compact
+consolidations, usually in one lung. Lung and lesion masks are aligned to each image for scoring Grad-CAM.
+
+Usage: ``python scripts/make_phantoms.py --out data/phantoms --n-per-class 600 --seed 0`` writes
+``OUT/{split}/{class}/{id}.png``, ``OUT/masks/{lungs,lesions}/{split}/{class}/{id}.png`` (0/255),
+``OUT/manifest.json`` and ``OUT/README.txt``. Same arguments give byte-identical files: each sample has
+its own generator seeded by (seed, class index, sample index).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+GENERATOR_VERSION = "1.0.0"
+CLASSES = ("COVID", "Normal", "Viral_Pneumonia")
+SPLITS = ("train", "val", "test")
+BACKGROUND = 0.04  # air outside the body, in canonical [0, 1] intensity
+_HARD_TAG = 0x4A5D  # separates the hard-case draw from the per-sample streams
+
+
+@dataclass(frozen=True)
+class Phantom:
+    """One synthetic radiograph: ``image`` uint8 HxW, ``lungs`` and ``lesions`` bool HxW masks."""
+
+    image: np.ndarray
+    lungs: np.ndarray
+    lesions: np.ndarray
+
+
+@dataclass(frozen=True)
+class LesionSpec:
+    """How one class draws lesions; radii (half-maximum, as a fraction of the image side) and amplitudes."""
+
+    count: tuple[int, int]
+    radius: tuple[float, float]
+    amplitude: tuple[float, float]
+    power: float  # profile exponent: 2 is a soft Gaussian, 4 a flat-topped compact blob
+    both_lungs: float  # probability that the blobs are spread over both lungs (needs count >= 2)
+    peripheral: bool
+
+
+LESIONS: dict[tuple[str, bool], LesionSpec] = {
+    ("COVID", False): LesionSpec((3, 6), (0.07, 0.10), (0.12, 0.20), 2.0, 1.0, True),
+    ("COVID", True): LesionSpec((1, 2), (0.045, 0.065), (0.05, 0.08), 2.0, 0.5, True),
+    ("Viral_Pneumonia", False): LesionSpec((1, 2), (0.09, 0.14), (0.30, 0.42), 4.0, 0.2, False),
+    ("Viral_Pneumonia", True): LesionSpec((1, 1), (0.06, 0.085), (0.08, 0.12), 4.0, 0.0, False),
+}
+
+
+def box_blur(a: np.ndarray, radius: int) -> np.ndarray:
+    """Mean over a (2r+1)^2 box with edge padding, via cumulative sums (separable, no Python pixel loop)."""
+    if radius < 1:
+        return a.astype(np.float64)
+    out = a.astype(np.float64)
+    k = 2 * radius + 1
+    for axis in (0, 1):
+        pad = [(0, 0), (0, 0)]
+        pad[axis] = (radius + 1, radius)
+        c = np.cumsum(np.pad(out, pad, mode="edge"), axis=axis)
+        out = (np.take(c, range(k, c.shape[axis]), axis=axis) - np.take(c, range(c.shape[axis] - k), axis=axis)) / k
+    return out
+
+
+def _ellipse(u: np.ndarray, v: np.ndarray, cx: float, cy: float, ax: float, ay: float) -> np.ndarray:
+    """Normalised elliptical radius: 1 on the ellipse's outline."""
+    return np.sqrt(((u - cx) / ax) ** 2 + ((v - cy) / ay) ** 2)
+
+
+def _soft(r: np.ndarray, edge: float) -> np.ndarray:
+    """Soft inside-indicator of ``r < 1`` with an edge of width ~``edge``."""
+    return 1.0 / (1.0 + np.exp(np.clip((r - 1.0) / edge, -50, 50)))
+
+
+def _lung_fields(rng: np.random.Generator, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Soft union of two kidney-ish lung fields: narrow apex, domed diaphragm, costophrenic angles."""
+    lungs = np.zeros_like(u)
+    for side in (-1.0, 1.0):
+        cx, cy = side * (0.38 + rng.uniform(-0.03, 0.03)), rng.uniform(-0.08, 0.0)
+        ax, ay = rng.uniform(0.26, 0.31), rng.uniform(0.56, 0.63)
+        taper = 0.78 + 0.22 * np.clip((v - cy) / ay, -1.0, 1.0)  # the apex is narrower than the base
+        shape = _soft(_ellipse(u, v, cx, cy, ax * taper, ay), 0.04)
+        dome = cy + 0.8 * ay - 0.16 * (1.0 - np.clip(((u - cx) / ax) ** 2, 0.0, 1.0))
+        lungs = np.maximum(lungs, shape * _soft(v - dome + 1.0, 0.015))
+    return lungs
+
+
+def _ribs(rng: np.random.Generator, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Ten pairs of posterior ribs: arcs leaving the spine, rising a little, then sweeping down laterally."""
+    spacing, a = 0.14, np.abs(u) - 0.08
+    w = v + 0.2 * a - 0.9 * a**2 + 0.8 - rng.uniform(-0.04, 0.04)  # height above the top rib's centre line
+    offset = w - spacing * np.clip(np.round(w / spacing), 0, 9)  # to the nearest rib's centre line
+    return np.exp(-((offset / 0.028) ** 2)) * (a > 0)
+
+
+def _anatomy(rng: np.random.Generator, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Render body, lungs, heart, mediastinum, spine, ribs and clavicles; return (image, soft lung field)."""
+    body = _soft(_ellipse(u, v, 0.0, 0.2, rng.uniform(0.82, 0.9), 1.12), 0.03)
+    heart = _soft(_ellipse(u, v, rng.uniform(0.1, 0.15), rng.uniform(0.27, 0.33), rng.uniform(0.3, 0.35), 0.24), 0.05)
+    mediastinum = _soft(np.abs(u) / rng.uniform(0.11, 0.14), 0.08) * _soft(np.maximum(-v - 0.05, 0.0), 0.05)
+    dense = np.maximum(heart, mediastinum)
+    lungs = _lung_fields(rng, u, v) * (1.0 - dense)
+    spine = _soft(np.abs(u) / 0.075, 0.1) * (0.75 + 0.25 * np.cos(2 * np.pi * v / 0.12))
+    clavicles = np.exp(-(((v + 0.72 - 0.18 * np.abs(u)) / 0.035) ** 2)) * (np.abs(u) < 0.6)
+    hila = np.exp(-((np.abs(u) - 0.18) ** 2 + v**2) / 0.05)  # vessels crowd near the lung roots
+    vessels = 1.5 * box_blur(rng.normal(size=u.shape), max(1, u.shape[0] // 64)) + 0.5 * hila
+    thorax = box_blur(lungs, max(1, u.shape[0] // 24))  # ribs show against air, faintly elsewhere
+    trachea = _soft(np.abs(u) / 0.035, 0.2) * _soft((v + 1.0) / 0.75, 0.03)  # air column down to the carina
+    img = BACKGROUND + 0.5 * body - 0.34 * lungs + 0.22 * dense - 0.1 * trachea
+    img += body * (0.07 * spine + _ribs(rng, u, v) * (0.03 + 0.08 * thorax) + 0.1 * clavicles)
+    img += 0.06 * lungs * vessels
+    return img, lungs
+
+
+def _pick_centre(rng: np.random.Generator, allowed: np.ndarray, fallback: np.ndarray) -> tuple[int, int]:
+    """A uniformly drawn pixel of ``allowed`` (or of ``fallback`` when ``allowed`` is empty)."""
+    ys, xs = np.nonzero(allowed if allowed.any() else fallback)
+    i = rng.integers(len(ys))
+    return int(ys[i]), int(xs[i])
+
+
+def _lesions(
+    rng: np.random.Generator, spec: LesionSpec, lungs: np.ndarray, u: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw blobs inside the lung mask; return (added intensity, mask of each blob's half-maximum disc)."""
+    size = lungs.shape[0]
+    yy, xx = np.mgrid[0:size, 0:size]
+    n = int(rng.integers(spec.count[0], spec.count[1] + 1))
+    spread = n >= 2 and rng.random() < spec.both_lungs
+    first = int(rng.integers(2))
+    sides = [first, 1 - first, *rng.integers(2, size=n - 2).tolist()] if spread else [first] * n
+    inner = lungs & (box_blur(lungs, max(1, round(spec.radius[0] * size / 2))) > 0.85)  # room for the blob
+    field, mask = np.zeros(lungs.shape), np.zeros(lungs.shape, bool)
+    for side in sides:
+        half = lungs & ((u < 0) if side == 0 else (u > 0))
+        allowed = half & inner & (np.abs(u) > np.abs(u[half]).mean() if spec.peripheral and half.any() else True)
+        cy, cx = _pick_centre(rng, allowed, half if half.any() else lungs)
+        r2 = ((yy - cy) ** 2 + (xx - cx) ** 2) / (rng.uniform(*spec.radius) * size) ** 2
+        field += rng.uniform(*spec.amplitude) * np.exp(-math.log(2) * r2 ** (spec.power / 2))
+        mask |= r2 <= 1.0
+    if spec.power <= 2.0:  # ground glass is mottled, not uniform
+        field *= np.clip(1.0 + box_blur(rng.normal(size=lungs.shape), max(1, size // 64)), 0.3, 1.7)
+    return field * lungs, mask & lungs
+
+
+def _affine(a: np.ndarray, matrix: tuple[float, ...], fill: float) -> np.ndarray:
+    """Apply PIL's inverse affine ``matrix`` with bilinear resampling to a float image."""
+    im = Image.fromarray(a.astype(np.float32))
+    return np.asarray(im.transform(im.size, Image.Transform.AFFINE, matrix, Image.Resampling.BILINEAR, fillcolor=fill))
+
+
+def _pose(rng: np.random.Generator, size: int) -> tuple[float, ...]:
+    """Random shift, scale and small rotation about the centre, as PIL's output-to-input affine matrix."""
+    angle, scale = math.radians(rng.uniform(-6.0, 6.0)), rng.uniform(0.9, 1.1)
+    tx, ty = rng.uniform(-0.06, 0.06, size=2) * size
+    c, cos, sin = size / 2.0, math.cos(angle) / scale, math.sin(angle) / scale
+    return (cos, sin, c - cos * (c + tx) - sin * (c + ty), -sin, cos, c + sin * (c + tx) - cos * (c + ty))
+
+
+def _expose(rng: np.random.Generator, img: np.ndarray, hard: bool) -> np.ndarray:
+    """Detector blur, quantum noise and exposure (gain, offset, gamma); quantise to uint8."""
+    gain, offset, gamma = rng.uniform(0.85, 1.15), rng.uniform(-0.07, 0.07), rng.uniform(0.8, 1.25)
+    sigma = rng.uniform(0.012, 0.025) * (1.6 if hard else 1.0)
+    blur = max(1, round(img.shape[0] / 128))
+    img = 0.5 * img + 0.5 * box_blur(img, blur)
+    img = img + sigma * (rng.normal(size=img.shape) + 2.0 * box_blur(rng.normal(size=img.shape), blur))
+    img = np.clip(img, 0.0, 1.0) ** gamma
+    img = 0.4 + (0.8 if hard else 1.0) * gain * (img - 0.4) + offset
+    return np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def draw_phantom(rng: np.random.Generator, label: str, size: int = 128, hard: bool = False) -> Phantom:
+    """Draw one synthetic radiograph of class ``label``.
+
+    Anatomy, lesions and acquisition draw from three generators spawned from ``rng`` in a fixed order, so
+    the same seed drawn as ``Normal`` and as a diseased class differs only by the lesions.
+
+    Args:
+        rng: Source of randomness; fully determines the sample.
+        label: One of :data:`CLASSES`.
+        size: Side of the square image in pixels.
+        hard: Faint, small lesions (COVID, Viral_Pneumonia) or a faint lesion-like haze (Normal), with
+            lower contrast and more noise.
+
+    Returns:
+        The image with its lung and lesion masks, already aligned by the same pose transform.
+    """
+    if label not in CLASSES:
+        raise ValueError(f"label must be one of {CLASSES}, got {label!r}")
+    anatomy_rng, lesion_rng, acquisition_rng = rng.spawn(3)
+    v, u = (np.mgrid[0:size, 0:size] + 0.5) / size * 2.0 - 1.0
+    img, soft_lungs = _anatomy(anatomy_rng, u, v)
+    lungs = soft_lungs > 0.5
+    lesions = np.zeros_like(lungs)
+    if (label, hard) in LESIONS:
+        field, lesions = _lesions(lesion_rng, LESIONS[(label, hard)], lungs, u)
+        img = img + field
+    elif hard:  # Normal: overlying soft tissue at the bases, a distractor that is not a lesion
+        img = img + lesion_rng.uniform(0.03, 0.05) * soft_lungs * np.exp(-((v - 0.45) ** 2) / 0.04)
+    pose = _pose(acquisition_rng, size)
+    img = _affine(img, pose, BACKGROUND).astype(np.float64)
+    # Bilinear resampling is monotone, so lesions <= lungs survives the transform exactly.
+    lungs, lesions = _affine(lungs, pose, 0.0) > 0.5, _affine(lesions, pose, 0.0) > 0.5
+    return Phantom(_expose(acquisition_rng, img, hard), lungs, lesions)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Where one sample goes: its id, class, index within the class, split and hard flag."""
+
+    id: str
+    label: str
+    index: int
+    split: str
+    hard: bool
+
+    def relpath(self) -> str:
+        """``{split}/{class}/{id}.png``, shared by the image and its two masks."""
+        return f"{self.split}/{self.label}/{self.id}.png"
+
+
+def split_counts(n: int, fractions: Sequence[float]) -> list[int]:
+    """Largest-remainder allocation of ``n`` over ``fractions``; a split with a positive share gets >= 1."""
+    raw = [n * f for f in fractions]
+    counts = [math.floor(x) for x in raw]
+    for i in sorted(range(len(raw)), key=lambda i: counts[i] - raw[i])[: n - sum(counts)]:
+        counts[i] += 1
+    for i, f in enumerate(fractions):
+        if f > 0 and counts[i] == 0 and max(counts) > 1:
+            counts[i], counts[counts.index(max(counts))] = 1, max(counts) - 1
+    return counts
+
+
+def plan_samples(n_per_class: int, seed: int, fractions: Sequence[float], hard_fraction: float) -> list[Sample]:
+    """Assign each (class, index) a split by index order and a hard flag (an exact share per split)."""
+    samples = []
+    counts = split_counts(n_per_class, fractions)
+    for c, label in enumerate(CLASSES):
+        start = 0
+        for s, (split, count) in enumerate(zip(SPLITS, counts, strict=True)):
+            rng = np.random.default_rng(np.random.SeedSequence([seed, c, s, _HARD_TAG]))
+            hard = set(rng.permutation(count)[: round(hard_fraction * count)].tolist())
+            for j in range(count):
+                index = start + j
+                samples.append(Sample(f"{label.lower()}_{index:05d}", label, index, split, j in hard))
+            start += count
+    return samples
+
+
+def sample_rng(seed: int, label: str, index: int) -> np.random.Generator:
+    """The generator for one sample, independent of every other sample and of iteration order."""
+    return np.random.default_rng(np.random.SeedSequence([seed, CLASSES.index(label), index]))
+
+
+def _save(a: np.ndarray, path: Path) -> None:
+    """Write a uint8 image, or a bool mask as 0/255, as an 8-bit grayscale PNG."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(a.astype(np.uint8) * (255 if a.dtype == bool else 1)).save(path)
+
+
+def write_sample(out: Path, sample: Sample, seed: int, size: int) -> None:
+    """Draw one sample and write its image, lung mask and lesion mask."""
+    phantom = draw_phantom(sample_rng(seed, sample.label, sample.index), sample.label, size, sample.hard)
+    _save(phantom.image, out / sample.relpath())
+    _save(phantom.lungs, out / "masks" / "lungs" / sample.relpath())
+    _save(phantom.lesions, out / "masks" / "lesions" / sample.relpath())
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The command line that regenerates this data set (the output path left out, for byte-identity)."""
+    fractions = ",".join(f"{f:g}" for f in args.split_fractions)
+    return (
+        f"python scripts/make_phantoms.py --out <this directory> --n-per-class {args.n_per_class} "
+        f"--seed {args.seed} --size {args.size} --split-fractions {fractions} --hard-fraction {args.hard_fraction:g}"
+    )
+
+
+def _tally(samples: list[Sample]) -> dict[str, dict[str, int]]:
+    return {s: {c: sum(x.split == s and x.label == c for x in samples) for c in CLASSES} for s in SPLITS}
+
+
+def write_metadata(out: Path, args: argparse.Namespace, samples: list[Sample]) -> dict[str, dict[str, int]]:
+    """Write ``manifest.json`` and ``README.txt``; return the counts per split and class."""
+    counts, hard = _tally(samples), _tally([x for x in samples if x.hard])
+    manifest = {
+        "synthetic": True,
+        "generator": "scripts/make_phantoms.py",
+        "version": GENERATOR_VERSION,
+        "args": {k: v for k, v in vars(args).items() if k != "out"},
+        "classes": list(CLASSES),
+        "counts": counts,
+        "hard_counts": hard,
+        "images": [
+            {**asdict(x), "path": x.relpath(), **{m: f"masks/{m}/{x.relpath()}" for m in ("lungs", "lesions")}}
+            for x in samples
+        ],
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    (out / "README.txt").write_text(
+        "SYNTHETIC DATA - NOT MEDICAL DATA.\n\n"
+        "These are computer-generated phantoms that imitate frontal chest radiographs. They come from no\n"
+        "patient, carry no clinical information and must not be used for any medical purpose.\n\n"
+        f"Generator: scripts/make_phantoms.py version {GENERATOR_VERSION}\n"
+        f"Command: {_command(args)}\nSeed: {args.seed}\n\n"
+        "Layout: {split}/{class}/{id}.png; masks/lungs/... and masks/lesions/... at the same relative paths\n"
+        "(0 = outside, 255 = inside). manifest.json lists every image with its split, class and hard flag.\n"
+    )
+    return counts
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type accepting integers >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        if int(text) < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text}")
+        return int(text)
+
+    return parse
+
+
+positive_int, seed_int, image_size = int_at_least(1), int_at_least(0), int_at_least(32)
+
+
+def fraction(text: str) -> float:
+    """An argparse type accepting a number in [0, 1]."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def split_fractions(text: str) -> tuple[float, float, float]:
+    """An argparse type for ``train,val,test`` shares: non-negative, train > 0, summing to 1."""
+    try:
+        parts = tuple(float(p) for p in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers, got {text!r}") from exc
+    if len(parts) != 3 or min(parts) < 0 or parts[0] == 0 or abs(sum(parts) - 1.0) > 1e-6:
+        raise argparse.ArgumentTypeError(f"expected train,val,test >= 0 with train > 0 summing to 1, got {text!r}")
+    return parts  # type: ignore[return-value]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, with validated types and defaults shown in ``--help``."""
+    parser = argparse.ArgumentParser(
+        description="Generate SYNTHETIC chest-radiograph phantoms (COVID, Normal, Viral_Pneumonia) with masks.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add = parser.add_argument
+    required = {"required": True, "default": argparse.SUPPRESS}
+    add("--out", type=Path, metavar="DIR", help="output directory", **required)
+    add("--n-per-class", type=positive_int, metavar="N", help="images per class, over all splits", **required)
+    add("--seed", type=seed_int, default=0, metavar="S", help="master seed, >= 0")
+    add("--size", type=image_size, default=128, metavar="PX", help="image side in pixels, >= 32")
+    add("--split-fractions", type=split_fractions, default="0.7,0.15,0.15", metavar="TR,VA,TE", help="split shares")
+    add("--hard-fraction", type=fraction, default=0.15, metavar="F", help="share of hard cases per split and class")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Generate the data set described by ``argv``; print a JSON summary to stdout. Returns the exit code."""
+    args = build_parser().parse_args(argv)
+    samples = plan_samples(args.n_per_class, args.seed, args.split_fractions, args.hard_fraction)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for sample in tqdm(samples, desc="phantoms", unit="img", disable=None):
+        write_sample(args.out, sample, args.seed, args.size)
+    counts = write_metadata(args.out, args, samples)
+    print(json.dumps({"out": str(args.out), "synthetic": True, "counts": counts, "hard": sum(s.hard for s in samples)}))
+    print(f"wrote {len(samples)} synthetic phantoms to {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
