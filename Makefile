@@ -11,7 +11,7 @@ APP_PORT    ?= 7860
 PYTEST_ARGS ?=
 export GRADIO_ANALYTICS_ENABLED := False
 
-.PHONY: help install java browser model archive serve stop app demo test lint bench analyze clean
+.PHONY: help install java browser model archive serve stop app demo test lint bench analyze analyze-thyroid clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}'
@@ -35,8 +35,9 @@ browser: ## Debian's headless Chromium for the one real-browser test
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "Install Debian's chromium package (sudo apt-get install chromium)"; exit 1; fi; }
 
-model: install ## Generate the phantom data, train and archive the default model (cached)
+model: install ## Generate, train and archive both demo models (cached): chest_phantom and thyroid_phantom
 	$(PY) scripts/build_default_model.py
+	$(PY) scripts/build_thyroid_model.py
 
 archive: install ## Package a checkpoint: make archive CKPT=path NAME=name [ARGS="--arch resnet18 --classes a,b"]
 	@test -n "$(CKPT)" -a -n "$(NAME)" || { echo "usage: make archive CKPT=checkpoint.pt NAME=model_name [ARGS=...]"; exit 2; }
@@ -70,6 +71,11 @@ bench: install ## Grad-CAM cost vs prediction-only, side by side, seven architec
 
 analyze: install ## Error analysis of the phantom test split through the served chest_phantom (after make serve)
 	$(PY) scripts/analyze_errors.py --url $(SERVER_URL) --token-file key_file.json --visualize --gradcam --top-k 20 $(ARGS)
+
+analyze-thyroid: install ## Error analysis of the thyroid test split with its clinical fields (after make serve)
+	$(PY) scripts/analyze_errors.py --url $(SERVER_URL) --token-file key_file.json --model thyroid_phantom \
+	  --data-dir data/thyroid/test --tabular data/thyroid/clinical.csv --tabular-root data/thyroid \
+	  --output-dir outputs/error_analysis_thyroid --visualize --gradcam --top-k 20 $(ARGS)
 
 clean: ## Remove build outputs (keeps .venv and data/)
 	rm -rf logs outputs model_store/*.mar .pytest_cache

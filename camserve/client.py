@@ -89,7 +89,11 @@ class Client:
         """
         if not self.management_url:
             from camserve.imaging import blank_png
-            return self.explain(model, blank_png(), explain="none").model
+            try:
+                return self.explain(model, blank_png(), explain="none").model
+            except InvalidRequest as exc:  # e.g. a required clinical field
+                raise InvalidRequest(f"cannot describe {model!r} with a blank request ({exc.message}): "
+                                     "give the management URL and token") from exc
         body = self._call("GET", f"{self.management_url}/models/{model}", self._mgmt_headers,
                           params={"customized": "true"})
         try:

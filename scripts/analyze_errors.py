@@ -3,6 +3,7 @@
 
     python scripts/analyze_errors.py [--data-dir DIR] [--output-dir DIR] [--visualize] [--gradcam]
         [--top-k N] [--url URL ...] [--model NAME] [--token-file key_file.json] [--masks-dir DIR] [--resume]
+        [--tabular CSV [--tabular-root DIR]]
 
 Every file under DATA_DIR/CLASS/ is decoded locally exactly as the server decodes it (corrupt and
 non-image files are reported, not sent), then sent to TorchServe from a thread pool so the server can
@@ -10,7 +11,14 @@ batch. Results are appended to OUTPUT_DIR/predictions.jsonl as they arrive: Ctrl
 nothing and --resume skips what is done. Prediction requests ask for no heatmap (explain=none) unless
 a mask is given (the focus score needs the map); with --gradcam the heatmaps of the top-k most
 confident errors are requested afterwards, so the cost of rendering and shipping two PNGs per image is
-paid only for the images shown. Exit status: 0 all images analysed, 1 some failed (see
+paid only for the images shown.
+
+Multimodal models (image + clinical fields) get each image's fields from --tabular CSV: a `path`
+column (the image's path relative to --data-dir, or to --tabular-root) and one column per clinical
+field of the model, an empty cell being a missing value (see camserve/analysis/clinical.py). An image
+without a row is sent with every field missing, never skipped; the heatmap requests send the same
+fields. For the thyroid demo: --model thyroid_phantom --data-dir data/thyroid/test
+--tabular data/thyroid/clinical.csv --tabular-root data/thyroid. Exit status: 0 all images analysed, 1 some failed (see
 failures.csv), 2 bad setup (server, token, resume), 130 interrupted.
 """
 
@@ -19,6 +27,7 @@ from __future__ import annotations
 import argparse
 import io
 import itertools
+import json
 import logging
 import shutil
 import sys
@@ -34,6 +43,7 @@ if str(REPO) not in sys.path:  # allow `python scripts/analyze_errors.py` withou
     sys.path.insert(0, str(REPO))
 
 from camserve.analysis import figures, report_html  # noqa: E402
+from camserve.analysis.clinical import ClinicalError, ClinicalTable, load_table  # noqa: E402
 from camserve.analysis.dataset import Failure, Item, Scan, safe_component, safe_stems, scan  # noqa: E402
 from camserve.analysis.records import Record, RecordLog, ResumeMismatch  # noqa: E402
 from camserve.analysis.report import Analysis, analyse, collect, write_tables  # noqa: E402
@@ -86,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--colormap", choices=COLORMAPS, default="jet", help="heatmap colormap (default: %(default)s)")
     a("--alpha", type=unit_float, default=DEFAULT_ALPHA, help="heatmap weight in overlays (default: %(default)s)")
     a("--resume", action="store_true", help="continue an interrupted run from OUTPUT_DIR/predictions.jsonl")
+    a("--tabular", type=Path, metavar="CSV",
+      help="clinical fields of a multimodal model: a 'path' column plus one column per field, empty = missing")
+    a("--tabular-root", type=Path, metavar="DIR",
+      help="folder the CSV's paths are relative to (default: --data-dir)")
     return p
 
 
@@ -129,10 +143,24 @@ def describe(servers: Servers, args: argparse.Namespace) -> ModelInfo:
     return infos[0]
 
 
-def predict(item: Item, servers: Servers, args: argparse.Namespace, classes: list[str]) -> Record:
+def clinical_options(table: ClinicalTable | None, rel: str) -> tuple[dict[str, str], str | None]:
+    """Request options carrying an image's clinical fields (as one JSON object, so no field name can
+    collide with an option), and its record status: "row", "no_row" (all fields missing) or None."""
+    if table is None:
+        return {}, None
+    fields = table.fields(rel)
+    if not fields:
+        return {}, "row" if fields is not None else "no_row"
+    return {"clinical": json.dumps(fields, separators=(",", ":"))}, "row"
+
+
+def predict(item: Item, servers: Servers, args: argparse.Namespace, classes: list[str],
+            table: ClinicalTable | None = None) -> Record:
     """One image's record; every failure becomes a failed record with its reason."""
+    clinical, status = clinical_options(table, item.rel)
+
     def failed(stage: str, reason: str) -> Record:
-        return Record.failed(item.rel, item.label, stage, reason)
+        return Record.failed(item.rel, item.label, stage, reason, status)
     try:
         data = item.path.read_bytes()
     except OSError as exc:
@@ -144,8 +172,8 @@ def predict(item: Item, servers: Servers, args: argparse.Namespace, classes: lis
     mask, mask_status = load_mask(item, args.masks_dir)
     explain = "gradcam" if mask is not None else "none"
     try:
-        resp = with_retries(lambda a: servers.client(a).explain(args.model, data, mask=mask, explain=explain),
-                            args.retries, args.backoff)
+        resp = with_retries(lambda a: servers.client(a).explain(args.model, data, mask=mask, explain=explain,
+                                                                **clinical), args.retries, args.backoff)
     except ServerUnavailable as exc:
         return failed("request", f"ServerUnavailable after {args.retries + 1} attempts: {exc.message}")
     except CamserveError as exc:
@@ -154,7 +182,7 @@ def predict(item: Item, servers: Servers, args: argparse.Namespace, classes: lis
         return failed("request", f"the server's classes changed during the run: {resp.model.classes}")
     focus = resp.explanation.focus_score if resp.explanation else None
     return Record(item.rel, item.label, "ok", resp.prediction.label,
-                  [resp.probabilities[c] for c in classes], focus, mask_status)
+                  [resp.probabilities[c] for c in classes], focus, mask_status, clinical=status)
 
 
 def load_mask(item: Item, masks_dir: Path | None) -> tuple[bytes | None, str | None]:
@@ -172,19 +200,20 @@ def load_mask(item: Item, masks_dir: Path | None) -> tuple[bytes | None, str | N
 
 
 def run_predictions(todo: list[Item], servers: Servers, args: argparse.Namespace, classes: list[str],
-                    records: RecordLog) -> None:
+                    records: RecordLog, table: ClinicalTable | None = None) -> None:
     concurrency = args.concurrency or args.batch_size * len(servers.urls)
     with tqdm(total=len(todo), unit="img", desc="analyze", dynamic_ncols=True) as bar:
         def sink(rec: Record) -> None:
             records.write(rec)
             bar.update(1)
-        run_pool(todo, lambda it: predict(it, servers, args, classes),
+        run_pool(todo, lambda it: predict(it, servers, args, classes, table),
                  lambda it, exc: Record.failed(it.rel, it.label, "request", f"{type(exc).__name__}: {exc}"),
                  sink, concurrency)
 
 
 def explain_errors(an: Analysis, scanned: Scan, servers: Servers, args: argparse.Namespace, out: Path,
-                   stems: dict[str, str]) -> tuple[dict[str, str], dict[str, bytes], list[Failure]]:
+                   stems: dict[str, str], table: ClinicalTable | None = None
+                   ) -> tuple[dict[str, str], dict[str, bytes], list[Failure]]:
     """Grad-CAM panels of the top-k errors (explaining the recorded prediction) in gradcam_errors/."""
     paths = {it.rel: it.path for it in scanned.items}
     files: dict[str, str] = {}
@@ -196,7 +225,8 @@ def explain_errors(an: Analysis, scanned: Scan, servers: Servers, args: argparse
         data = paths[rel].read_bytes()
         resp = with_retries(lambda a: servers.client(a).explain(
             args.model, data, explain="gradcam", target=int(an.y_pred[i]), label=int(an.y_true[i]),
-            colormap=args.colormap, alpha=args.alpha), args.retries, args.backoff)
+            colormap=args.colormap, alpha=args.alpha, **clinical_options(table, rel)[0]),
+            args.retries, args.backoff)
         overlay = from_data_url(resp.explanation.overlay)
         caption = figures.panel_caption(an.classes[an.y_true[i]], an.classes[an.y_pred[i]], an.confidence[i])
         panel = figures.gradcam_panel(decode_image(data), overlay, caption)
@@ -256,13 +286,17 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
              f"Accuracy: {pct(summary['accuracy'])}   balanced: {pct(summary['balanced_accuracy'])}   "
              f"ECE: {cal['ece'] if cal['ece'] is None else round(cal['ece'], 4)} ({cal['n_bins']} bins)",
              f"Failed images: {summary['failed']}" + (f" (see {out / 'failures.csv'})" if summary["failed"] else ""),
+             *([f"Clinical fields: from the CSV for {clin['images_with_row']} images; "
+                f"{clin['images_without_row']} had no row and were sent with every field missing"]
+               if (clin := summary.get("clinical_fields")) else []),
              "", "Top confusion pairs:"]
     lines += [f"  {p['true']}->{p['pred']}: {p['count']}" for p in summary["top_confusion_pairs"][:5]] or ["  (none)"]
     lines.append(f"\nReport: {out / 'report.html'}")
     print("\n".join(lines))
 
 
-def write_report(an: Analysis, scanned: Scan, info: ModelInfo, servers: Servers, args: argparse.Namespace) -> int:
+def write_report(an: Analysis, scanned: Scan, info: ModelInfo, servers: Servers, args: argparse.Namespace,
+                 table: ClinicalTable | None = None) -> int:
     """Everything after the predictions; returns the number of failures (images and heatmaps)."""
     out = args.output_dir
     for owned in ("figures", "gradcam_errors"):  # regenerated below: no stale files from earlier runs
@@ -272,8 +306,11 @@ def write_report(an: Analysis, scanned: Scan, info: ModelInfo, servers: Servers,
     stems = safe_stems(an.rels)
     files, overlays, cam_failures = ({}, {}, [])
     if args.gradcam:
-        files, overlays, cam_failures = explain_errors(an, scanned, servers, args, out, stems)
+        files, overlays, cam_failures = explain_errors(an, scanned, servers, args, out, stems, table)
         summary["gradcam_failed"] = len(cam_failures)
+    if table is not None:
+        summary["clinical_fields"] = {"csv": str(table.source), **(summary["clinical_fields"] or {}),
+                                      "csv_rows_outside_data_dir": table.outside}
     figs = figures.write_figures(out / "figures", an) if args.visualize and an.n else {}
     items = gallery(an, scanned, out, stems, overlays, args.visualize, args.top_k)
     failures = an.failures + sorted(cam_failures, key=lambda f: f.rel)
@@ -284,6 +321,29 @@ def write_report(an: Analysis, scanned: Scan, info: ModelInfo, servers: Servers,
     return len(failures)
 
 
+def clinical_table(args: argparse.Namespace, info: ModelInfo, scanned: Scan) -> ClinicalTable | None:
+    """The ``--tabular`` CSV checked against the served model's clinical fields (``ClinicalError`` if unusable)."""
+    names = [f["name"] for f in (info.tabular or {}).get("features", [])]
+    if args.tabular is None:
+        if names:
+            log.warning("%s takes clinical fields (%s) but no --tabular CSV was given: every image is sent "
+                        "with them missing", info.name, ", ".join(names))
+        return None
+    if not names:
+        raise ClinicalError(f"--tabular: model {info.name!r} takes no clinical fields (it is image-only)")
+    table = load_table(args.tabular, args.data_dir, names, args.tabular_root)
+    absent = [n for n in names if n not in table.columns]
+    if absent:
+        log.warning("%s has no column for %s: sent as missing for every image", args.tabular, ", ".join(absent))
+    rowless = [it.rel for it in scanned.items if table.fields(it.rel) is None]
+    if rowless:
+        log.warning("%d of %d images have no row in %s (e.g. %s): sent with every clinical field missing",
+                    len(rowless), len(scanned.items), args.tabular, rowless[0])
+    if table.outside:
+        log.info("%d rows of %s are for images outside %s: ignored", table.outside, args.tabular, args.data_dir)
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = build_parser()
@@ -292,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         args.masks_dir = DEFAULT_MASKS
     if not args.data_dir.is_dir():
         parser.error(f"--data-dir {args.data_dir} is not a directory")
+    if args.tabular_root is not None and args.tabular is None:
+        parser.error("--tabular-root needs --tabular CSV")
     try:
         servers = make_servers(args, parser)
         info = describe(servers, args)
@@ -299,11 +361,15 @@ def main(argv: list[str] | None = None) -> int:
         for folder in scanned.unknown_folders:
             log.warning("folder %r is not a class of %s (%s): its files are listed in failures.csv",
                         folder, args.model, ", ".join(info.classes))
+        table = clinical_table(args, info, scanned)
         meta = {"model": info.name, "version": info.version, "classes": info.classes,
                 "data_dir": str(args.data_dir.resolve()),
                 "masks_dir": str(args.masks_dir.resolve()) if args.masks_dir else None}
+        if table is not None:  # results depend on the CSV: a resumed run must use the same one
+            meta["tabular"] = {"csv": str(table.source.resolve()), "sha256": table.sha256,
+                               "root": str((args.tabular_root or args.data_dir).resolve())}
         records = RecordLog(args.output_dir / "predictions.jsonl", meta, args.resume)
-    except (CamserveError, ResumeMismatch) as exc:
+    except (CamserveError, ResumeMismatch, ClinicalError) as exc:
         print(f"analyze_errors: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 2
     with records:
@@ -312,14 +378,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume:
             log.info("resuming: %d of %d images already analysed", len(scanned.items) - len(todo), len(scanned.items))
         try:
-            run_predictions(todo, servers, args, list(info.classes), records)
+            run_predictions(todo, servers, args, list(info.classes), records, table)
         except KeyboardInterrupt:
             print(f"\ninterrupted: results so far are in {records.path}; rerun with --resume to continue",
                   file=sys.stderr)
             return 130
         latest = records.latest()
     try:
-        failed = write_report(collect(info.classes, scanned, latest), scanned, info, servers, args)
+        failed = write_report(collect(info.classes, scanned, latest), scanned, info, servers, args, table)
     except KeyboardInterrupt:
         print("\ninterrupted while writing the report; rerun with --resume", file=sys.stderr)
         return 130

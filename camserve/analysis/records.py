@@ -26,7 +26,9 @@ class Record:
 
     ``probs`` follows the model's class order. ``mask`` is ``"ok"``, ``"missing"``, ``"unreadable"``,
     or ``None`` when no masks directory was given; ``focus`` is the server's focus score.
-    ``stage``/``reason`` say why a ``failed`` record has no prediction.
+    ``stage``/``reason`` say why a ``failed`` record has no prediction. ``clinical`` is ``"row"`` (sent
+    with the fields of its ``--tabular`` CSV row), ``"no_row"`` (sent with every field missing), or
+    ``None`` when no CSV was given.
     """
 
     path: str
@@ -38,14 +40,15 @@ class Record:
     mask: str | None = None
     stage: str | None = None
     reason: str | None = None
+    clinical: str | None = None
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
 
     @classmethod
-    def failed(cls, path: str, label: str, stage: str, reason: str) -> Record:
-        return cls(path, label, "failed", stage=stage, reason=reason)
+    def failed(cls, path: str, label: str, stage: str, reason: str, clinical: str | None = None) -> Record:
+        return cls(path, label, "failed", stage=stage, reason=reason, clinical=clinical)
 
     def to_json(self) -> str:
         return json.dumps({k: v for k, v in asdict(self).items() if v is not None}, separators=(",", ":"))

@@ -36,6 +36,7 @@ class Analysis:
     failures: list[Failure]
     unknown_folders: list[str]
     mask_status: Counter
+    clinical: tuple[str | None, ...] = ()  # per image: "row", "no_row" or None (no --tabular CSV)
 
     @property
     def n(self) -> int:
@@ -79,7 +80,7 @@ def collect(classes: Sequence[str], scanned: Scan, latest: Mapping[str, Record])
         y_pred=np.array([index[r.pred] for r in ok], dtype=np.int64),
         probs=probs, focus=np.array([np.nan if r.focus is None else r.focus for r in ok], dtype=np.float64),
         failures=sorted(failures, key=lambda f: (f.rel, f.stage)), unknown_folders=list(scanned.unknown_folders),
-        mask_status=Counter(r.mask for r in ok if r.mask is not None))
+        mask_status=Counter(r.mask for r in ok if r.mask is not None), clinical=tuple(r.clinical for r in ok))
 
 
 def r6(x: float | None) -> float | None:
@@ -105,6 +106,15 @@ def focus_summary(an: Analysis) -> dict[str, Any] | None:
     return {"by_class": {c: _stats(an.focus[an.y_true == k]) for k, c in enumerate(an.classes)},
             "correct": _stats(an.focus[an.correct]), "wrong": _stats(an.focus[~an.correct]),
             "masks": dict(sorted(an.mask_status.items()))}
+
+
+def clinical_summary(an: Analysis) -> dict[str, int] | None:
+    """How many analysed images were sent with their CSV row, and how many without one (``None``
+    without a ``--tabular`` CSV)."""
+    counts = Counter(c for c in an.clinical if c is not None)
+    if not counts:
+        return None
+    return {"images_with_row": counts.get("row", 0), "images_without_row": counts.get("no_row", 0)}
 
 
 def _image_row(an: Analysis, i: int) -> dict[str, Any]:
@@ -153,6 +163,7 @@ def analyse(an: Analysis, model: Mapping[str, Any], top_k: int) -> tuple[dict[st
             "count": int(len(issues.ranked)),
             "top": [label_issue_row(an, issues, i) for i in issues.ranked[:top_k]]},
         "focus_score": focus_summary(an),
+        "clinical_fields": clinical_summary(an),
     }
     confusion = {
         "classes": an.classes, "rows": "true class", "columns": "predicted class",
@@ -188,9 +199,10 @@ def write_tables(out: Path, an: Analysis, summary: Mapping[str, Any], confusion:
     focus = [None if not np.isfinite(f) else float(f) for f in an.focus]
     write_csv(out / "predictions.csv",
               ["path", "true_label", "pred_label", "correct", "confidence", *[f"p_{c}" for c in an.classes],
-               "focus_score"],
+               "focus_score", "clinical"],
               [[an.rels[i], an.classes[an.y_true[i]], an.classes[an.y_pred[i]], int(an.correct[i]),
-                float(an.confidence[i]), *an.probs[i].tolist(), focus[i]] for i in range(an.n)])
+                float(an.confidence[i]), *an.probs[i].tolist(), focus[i],
+                an.clinical[i] if an.clinical else None] for i in range(an.n)])
     write_csv(out / "error_details.csv",
               ["rank", "path", "true_label", "pred_label", "pair", "confidence", "true_probability", "margin",
                "focus_score", "gradcam"],

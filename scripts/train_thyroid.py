@@ -1,0 +1,325 @@
+#!/usr/bin/env python3
+"""Train the thyroid demo model (image + clinical fields, one logit) on the synthetic thyroid phantoms.
+
+    python scripts/train_thyroid.py --data data/thyroid --out data/models/thyroid_phantom.pt
+
+Inputs are built with the server's own code: ``camserve.imaging.decode_image`` / ``preprocess`` for the
+images and ``camserve.tabular.TabularSchema.encode`` (DATA/schema.json) for the rows of DATA/clinical.csv,
+so what is trained is what is served. Clinical fields are dropped at random during training (whole rows
+with ``--tabular-dropout``, single fields with ``--field-dropout``), so the model copes with the missing
+values requests carry. Loss: BCE with logits on the ``malignant`` logit; the best epoch on validation is
+kept.
+
+Writes the checkpoint (camserve's layout (a) plus ``model_args`` and the ``tabular`` schema, read with
+``weights_only=True``) and OUT.metrics.json: per split, the accuracy with both inputs, with every clinical
+field missing and with a blank (mean) image, which shows what each modality adds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import hashlib
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # allow `python scripts/train_thyroid.py` without installing the package
+    sys.path.insert(0, str(REPO))
+
+from camserve.archs import get_module  # noqa: E402
+from camserve.checkpoint import ModelSpec, load_model_class, save_checkpoint  # noqa: E402
+from camserve.errors import CamserveError  # noqa: E402
+from camserve.imaging import decode_image, preprocess  # noqa: E402
+from camserve.tabular import TabularSchema  # noqa: E402
+from scripts.cli import positive_int, unit_float  # noqa: E402
+
+log = logging.getLogger("train_thyroid")
+CLASSES = ("benign", "malignant")  # single logit: [negative, positive]
+SPLITS = ("train", "val", "test")
+MODEL_FILE = REPO / "scripts" / "demo_models" / "thyroid_net.py"
+IDENTITY = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+
+
+class DataError(Exception):
+    """The data directory does not have the expected layout."""
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("--data", type=Path, default=REPO / "data" / "thyroid",
+      help="make_thyroid_phantoms.py output: train/ val/ test/, clinical.csv, schema.json (default: %(default)s)")
+    a("--out", type=Path, default=REPO / "data" / "models" / "thyroid_phantom.pt",
+      help="checkpoint to write; metrics go to OUT.metrics.json (default: %(default)s)")
+    a("--model-file", type=Path, default=MODEL_FILE, help="file defining the model class (default: %(default)s)")
+    a("--epochs", type=positive_int, default=6, help="training epochs (default: %(default)s)")
+    a("--input-size", type=positive_int, default=96, help="square input side (default: %(default)s)")
+    a("--batch-size", type=positive_int, default=16, help="training batch size (default: %(default)s)")
+    a("--lr", type=positive_float, default=3e-3, help="peak learning rate (default: %(default)s)")
+    a("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default: %(default)s)")
+    a("--branch-lr-scale", type=positive_float, default=5.0,
+      help="learning-rate multiplier for the clinical branch and the head: with one shared rate the CNN "
+           "takes all the signal and the clinical fields are underused (default: %(default)s)")
+    a("--hidden", type=positive_int, default=32, help="width of the clinical branch (default: %(default)s)")
+    a("--target-layer", default="cnn.layer3",
+      help="Grad-CAM layer stored in the checkpoint; layer3 gives a 6x6 map at 96 px (default: %(default)s)")
+    a("--tabular-dropout", type=unit_float, default=0.2,
+      help="share of training samples seen with every clinical field missing (default: %(default)s)")
+    a("--field-dropout", type=unit_float, default=0.1,
+      help="share of clinical values additionally dropped, per field (default: %(default)s)")
+    a("--hflip", action=argparse.BooleanOptionalAction, default=True, help="random horizontal flips")
+    a("--seed", type=int, default=0, help="seed for weights, order and augmentation (default: %(default)s)")
+    a("--threads", type=positive_int, default=2, help="CPU threads for torch (default: %(default)s)")
+    return p
+
+
+@dataclass
+class Split:
+    """One split: normalised images ``[N, 3, S, S]``, encoded clinical rows ``[N, W]``, labels ``[N]``."""
+
+    x: torch.Tensor
+    t: torch.Tensor
+    y: torch.Tensor
+    paths: list[str]
+
+
+def read_clinical(path: Path, schema: TabularSchema) -> dict[str, dict[str, str]]:
+    """``clinical.csv`` as ``{relative image path: {feature: value}}`` (empty cells are missing values)."""
+    if not path.is_file():
+        raise DataError(f"{path} does not exist: --data must hold clinical.csv (make_thyroid_phantoms.py)")
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        columns = [c for c in reader.fieldnames or [] if c != "path"]
+        if "path" not in (reader.fieldnames or []) or set(columns) - set(schema.names):
+            raise DataError(f"{path} must have a 'path' column and columns among {', '.join(schema.names)}; "
+                            f"found {reader.fieldnames}")
+        return {row["path"]: {k: row[k] for k in columns if row[k] not in (None, "")} for row in reader}
+
+
+def load_split(root: Path, split: str, size: int, schema: TabularSchema,
+               clinical: dict[str, dict[str, str]]) -> Split:
+    """Decode, resize and encode one split with the serving code (images in [0, 1], normalised later)."""
+    items = [(f"{split}/{c}/{p.name}", k) for k, c in enumerate(CLASSES)
+             for p in sorted((root / split / c).glob("*.png"))]
+    if not items:
+        raise DataError(f"{root / split} has no images under {'/ '.join(CLASSES)}/")
+    xs, ts = [], []
+    for rel, _ in tqdm(items, desc=f"load {split}", unit="img", leave=False, disable=None):
+        xs.append(preprocess(decode_image((root / rel).read_bytes(), rel), size, *IDENTITY))
+        ts.append(schema.encode(clinical.get(rel, {})))  # no row: every field missing, as the server does
+    return Split(torch.stack(xs), torch.stack(ts), torch.tensor([k for _, k in items]), [r for r, _ in items])
+
+
+def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    x64 = x.double()
+    mean, std = x64.mean(dim=(0, 2, 3)), x64.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return tuple(round(float(m), 4) for m in mean), tuple(round(float(s), 4) for s in std)
+
+
+def normalise(split: Split, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    """``preprocess``'s normalisation with the same float32 ops, so training sees what the server computes."""
+    split.x = (split.x - torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)) / \
+        torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+
+
+def feature_slices(schema: TabularSchema) -> list[slice]:
+    out, start = [], 0
+    for f in schema.features:
+        out.append(slice(start, start + f.width))
+        start += f.width
+    return out
+
+
+def drop_fields(t: torch.Tensor, missing: torch.Tensor, slices: list[slice], gen: torch.Generator,
+                row_p: float, field_p: float) -> torch.Tensor:
+    """Replace whole rows (``row_p``) and single fields (``field_p``) by their missing-value encoding."""
+    n = len(t)
+    rows = torch.rand(n, generator=gen) < row_p
+    fields = torch.rand(n, len(slices), generator=gen) < field_p
+    t = t.clone()
+    for j, s in enumerate(slices):
+        gone = rows | fields[:, j]
+        t[gone, s] = missing[s]
+    return t
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, hflip: bool) -> torch.Tensor:
+    if not hflip:
+        return x
+    flip = torch.rand(len(x), generator=gen) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, missing: torch.Tensor, ablations: bool = True,
+             batch_size: int = 128) -> dict[str, Any]:
+    """Accuracy and loss with both inputs; with ``ablations``, also the accuracy with every clinical field
+    missing and with a blank image (all zeros after normalisation: the training images' mean)."""
+    model.eval()
+
+    def logits(image_blank: bool, tab_missing: bool) -> torch.Tensor:
+        out = []
+        for i in range(0, len(split.y), batch_size):
+            x, t = split.x[i:i + batch_size], split.t[i:i + batch_size]
+            out.append(model(torch.zeros_like(x) if image_blank else x,
+                             missing.expand_as(t) if tab_missing else t)[:, 0])
+        return torch.cat(out)
+
+    y = split.y.float()
+    both = logits(False, False)
+    pred = (both > 0).long()
+    confusion = torch.zeros(2, 2, dtype=torch.long)
+    confusion.index_put_((split.y, pred), torch.ones_like(pred), accumulate=True)
+    out = {"n": len(y), "accuracy": float((pred == split.y).float().mean()),
+           "loss": float(F.binary_cross_entropy_with_logits(both, y)), "confusion_matrix": confusion.tolist()}
+    if ablations:
+        out["accuracy_tabular_missing"] = float(((logits(False, True) > 0).long() == split.y).float().mean())
+        out["accuracy_image_blank"] = float(((logits(True, False) > 0).long() == split.y).float().mean())
+    return out
+
+
+def lr_factor(step: int, total: int, warmup: float = 0.15) -> float:
+    """Linear warm-up from 0.1, then cosine decay to 0."""
+    warm = max(1, round(warmup * total))
+    if step < warm:
+        return 0.1 + 0.9 * step / warm
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+
+def sha256(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def metrics_path(checkpoint: Path) -> Path:
+    return checkpoint.with_name(checkpoint.name + ".metrics.json")
+
+
+def load_data(args: argparse.Namespace) -> tuple[TabularSchema, dict[str, Split], tuple, tuple]:
+    try:
+        schema = TabularSchema.from_dict(json.loads((args.data / "schema.json").read_text()))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {args.data / 'schema.json'}: {exc}") from exc
+    clinical = read_clinical(args.data / "clinical.csv", schema)
+    splits = {s: load_split(args.data, s, args.input_size, schema, clinical) for s in SPLITS}
+    mean, std = channel_stats(splits["train"].x)
+    for split in splits.values():
+        normalise(split, mean, std)
+    return schema, splits, mean, std
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    """Train, keep the best validation epoch, write checkpoint and metrics; returns the metrics."""
+    start = time.perf_counter()
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.manual_seed(args.seed)
+    schema, splits, mean, std = load_data(args)
+    model_args = {"tabular_width": schema.width, "hidden": args.hidden}
+    model = load_model_class(args.model_file)(**model_args)
+    get_module(model, args.target_layer)  # a wrong layer fails now, not after training
+    load_seconds = time.perf_counter() - start
+
+    missing, slices = schema.encode({}), feature_slices(schema)
+    data = splits["train"]
+    batch = min(args.batch_size, len(data.y))
+    steps = max(1, len(data.y) // batch)  # the last partial batch is dropped (BatchNorm needs > 1 sample)
+    cnn = [p for n, p in model.named_parameters() if n.startswith("cnn.")]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("cnn.")]
+    opt = torch.optim.AdamW([{"params": cnn, "lr": args.lr},
+                             {"params": rest, "lr": args.lr * args.branch_lr_scale}], weight_decay=args.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, args.epochs * steps))
+    gen = torch.Generator().manual_seed(args.seed)
+    best, best_state, best_epoch, history = None, None, 0, []
+    bar = tqdm(total=args.epochs * steps, desc="train thyroid_net", unit="batch", disable=None)
+    for epoch in range(1, args.epochs + 1):
+        model.train()
+        order, total = torch.randperm(len(data.y), generator=gen), 0.0
+        for i in range(steps):
+            idx = order[i * batch:(i + 1) * batch]
+            x = augment(data.x[idx], gen, args.hflip)
+            t = drop_fields(data.t[idx], missing, slices, gen, args.tabular_dropout, args.field_dropout)
+            loss = F.binary_cross_entropy_with_logits(model(x, t)[:, 0], data.y[idx].float())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+            bar.update()
+            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
+        val = evaluate(model, splits["val"], missing, ablations=False)
+        history.append({"epoch": epoch, "train_loss": round(total / (steps * batch), 5),
+                        "val_accuracy": val["accuracy"], "val_loss": round(val["loss"], 5)})
+        log.info("epoch %d: train loss %.4f, val accuracy %.4f", epoch, total / (steps * batch), val["accuracy"])
+        if best is None or (val["accuracy"], -val["loss"]) > best:
+            best, best_epoch, best_state = (val["accuracy"], -val["loss"]), epoch, copy.deepcopy(model.state_dict())
+    bar.close()
+    model.load_state_dict(best_state)
+    model.eval()
+    results = {s: evaluate(model, splits[s], missing) for s in ("val", "test")}
+    spec = ModelSpec(arch=f"custom:{args.model_file.stem}", class_names=CLASSES, num_outputs=1,
+                     target_layer=args.target_layer, input_size=args.input_size, mean=mean, std=std,
+                     model_args=model_args, tabular=schema.to_dict())
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(args.out, model, spec, trained_by="scripts/train_thyroid.py", best_epoch=best_epoch)
+    metrics = {
+        **spec.to_dict(), "best_epoch": best_epoch, "epochs": args.epochs, **results,
+        "counts": {s: len(v.y) for s, v in splits.items()}, "history": history,
+        "data_manifest_sha256": sha256(args.data / "manifest.json"),
+        "model_file_sha256": sha256(args.model_file),
+        "seconds": round(time.perf_counter() - start, 2), "load_seconds": round(load_seconds, 2),
+        "threads": args.threads, "torch": torch.__version__,
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    }
+    metrics_path(args.out).write_text(json.dumps(metrics, indent=1) + "\n")
+    return metrics
+
+
+def summary(metrics: dict[str, Any]) -> str:
+    lines = [f"thyroid_net @ {metrics['input_size']} px, layer {metrics['target_layer']}: best epoch "
+             f"{metrics['best_epoch']}/{metrics['epochs']}, {metrics['seconds']:.1f} s wall"]
+    for split in ("val", "test"):
+        m = metrics[split]
+        lines.append(f"{split} (n={m['n']}): accuracy {m['accuracy']:.4f} with image + clinical fields; "
+                     f"{m['accuracy_tabular_missing']:.4f} with every clinical field missing; "
+                     f"{m['accuracy_image_blank']:.4f} with a blank image")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        metrics = train(args)
+    except (DataError, CamserveError) as exc:
+        print(f"train_thyroid: {exc}", file=sys.stderr)
+        return 2
+    keys = ("accuracy", "accuracy_tabular_missing", "accuracy_image_blank")
+    print(json.dumps({"checkpoint": str(args.out), "metrics": str(metrics_path(args.out)),
+                      "best_epoch": metrics["best_epoch"], "seconds": metrics["seconds"],
+                      "test": {k: metrics["test"][k] for k in keys}}))
+    print(summary(metrics), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
