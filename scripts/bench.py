@@ -56,8 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
 def anchor_style(model: torch.nn.Module, layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Seed 000's GradCAM: hooks, full backward with parameter gradients."""
     acts, grads = [], []
-    h1 = layer.register_forward_hook(lambda _m, _i, o: acts.append(o))
-    h2 = layer.register_full_backward_hook(lambda _m, _gi, go: grads.append(go[0]))
+
+    def keep(_m: torch.nn.Module, _i: tuple, out: torch.Tensor) -> None:
+        acts.append(out)
+        out.register_hook(grads.append)
+
+    h1 = layer.register_forward_hook(keep)
     try:
         for p in model.parameters():
             p.requires_grad_(True)
@@ -68,7 +72,6 @@ def anchor_style(model: torch.nn.Module, layer: torch.nn.Module, x: torch.Tensor
         return torch.relu((weights * acts[0]).sum(1)).detach()
     finally:
         h1.remove()
-        h2.remove()
 
 
 def timed(fn: Callable[[], object], device: str) -> float:
