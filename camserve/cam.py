@@ -18,8 +18,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 EPS = 1e-12
@@ -146,9 +148,15 @@ def normalise(cam: torch.Tensor) -> tuple[torch.Tensor, float]:
 
 
 def upsample(cam: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Bilinear upsampling of an ``[h, w]`` map to ``[height, width]``, clamped to [0, 1]."""
-    up = F.interpolate(cam[None, None], size=(height, width), mode="bilinear", align_corners=False)
-    return up[0, 0].clamp_(0.0, 1.0)
+    """Bilinear upsampling of an ``[h, w]`` map to ``[height, width]``, clamped to [0, 1].
+
+    PIL's float resize (pixel centres aligned, like ``align_corners=False``) rather than
+    ``F.interpolate``: on a busy 2-core machine torch's thread pool made this 7x7 -> 224x224 resize
+    cost 16 ms instead of 0.2 ms, as much as a small model's forward.
+    """
+    small = Image.fromarray(cam.detach().cpu().numpy().astype(np.float32), "F")
+    up = np.asarray(small.resize((width, height), Image.BILINEAR))
+    return torch.from_numpy(np.clip(up, 0.0, 1.0))
 
 
 def focus_score(cam_up: torch.Tensor, mask: torch.Tensor) -> float | None:
