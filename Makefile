@@ -11,7 +11,7 @@ APP_PORT    ?= 7860
 PYTEST_ARGS ?=
 export GRADIO_ANALYTICS_ENABLED := False
 
-.PHONY: help install java browser model archive serve stop app demo test lint bench analyze analyze-thyroid clean
+.PHONY: help install java browser model archive serve stop app demo test lint bench analyze analyze-thyroid evaluate-cam clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}'
@@ -71,6 +71,9 @@ bench: install ## Grad-CAM cost vs prediction-only, side by side, seven architec
 
 analyze: install ## Error analysis of the phantom test split through the served chest_phantom (after make serve)
 	$(PY) scripts/analyze_errors.py --url $(SERVER_URL) --token-file key_file.json --visualize --gradcam --top-k 20 $(ARGS)
+
+evaluate-cam: install ## Localisation of chest_phantom's Grad-CAM vs the phantom masks, through the endpoint (after make serve)
+	$(PY) scripts/evaluate_cam.py --data data/phantoms --url $(SERVER_URL) --token-file key_file.json
 
 analyze-thyroid: install ## Error analysis of the thyroid test split with its clinical fields (after make serve)
 	$(PY) scripts/analyze_errors.py --url $(SERVER_URL) --token-file key_file.json --model thyroid_phantom \
