@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 
 def positive_int(text: str) -> int:
@@ -31,3 +32,18 @@ def class_list(text: str) -> list[str]:
     if not names:
         raise argparse.ArgumentTypeError("give class names separated by commas, e.g. COVID,Normal")
     return names
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def input_side(text: str) -> int:
+    """A square input side in pixels, 16 to 1024 (the range checkpoints accept)."""
+    value = int(text)
+    if not 16 <= value <= 1024:
+        raise argparse.ArgumentTypeError(f"must be an integer between 16 and 1024, got {text}")
+    return value

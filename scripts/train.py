@@ -48,7 +48,7 @@ from camserve.archs import DEFAULT_TARGET_LAYERS, SUPPORTED_ARCHS, build_arch, g
 from camserve.checkpoint import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, save_checkpoint  # noqa: E402
 from camserve.errors import CamserveError  # noqa: E402
 from camserve.imaging import decode_image, preprocess  # noqa: E402
-from scripts.cli import non_negative_int, positive_int, unit_float  # noqa: E402
+from scripts.cli import input_side, non_negative_int, positive_float, positive_int, unit_float  # noqa: E402
 
 log = logging.getLogger("train")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
@@ -60,27 +60,13 @@ class DataError(Exception):
     """The data directory does not have the expected layout."""
 
 
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
-    return value
-
-
-def input_size(text: str) -> int:
-    value = int(text)
-    if not 16 <= value <= 1024:
-        raise argparse.ArgumentTypeError(f"must be an integer between 16 and 1024, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="folder with train/, val/ and optionally test/")
     p.add_argument("--arch", required=True, choices=SUPPORTED_ARCHS, help="torchvision architecture")
     p.add_argument("--out", type=Path, required=True, help="checkpoint to write (.pt); metrics go to OUT.metrics.json")
     p.add_argument("--epochs", type=positive_int, default=10, help="training epochs")
-    p.add_argument("--input-size", type=input_size, default=128, help="square input side in pixels")
+    p.add_argument("--input-size", type=input_side, default=128, help="square input side in pixels")
     p.add_argument("--seed", type=int, default=0, help="seed for weights, data order and augmentation")
     p.add_argument("--batch-size", type=positive_int, default=16, help="training batch size")
     p.add_argument("--lr", type=positive_float, default=3e-3, help="peak learning rate (warm-up, then cosine decay)")

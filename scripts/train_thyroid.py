@@ -44,7 +44,7 @@ from camserve.checkpoint import ModelSpec, load_model_class, save_checkpoint  # 
 from camserve.errors import CamserveError  # noqa: E402
 from camserve.imaging import decode_image, preprocess  # noqa: E402
 from camserve.tabular import TabularSchema  # noqa: E402
-from scripts.cli import positive_int, unit_float  # noqa: E402
+from scripts.cli import positive_float, positive_int, unit_float  # noqa: E402
 
 log = logging.getLogger("train_thyroid")
 CLASSES = ("benign", "malignant")  # single logit: [negative, positive]
@@ -55,13 +55,6 @@ IDENTITY = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 
 class DataError(Exception):
     """The data directory does not have the expected layout."""
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
