@@ -73,10 +73,17 @@ def preprocess(img: Image.Image, input_size: int, mean: tuple[float, ...], std: 
     """Resize (no crop) and normalise an RGB image into a ``[3, S, S]`` float tensor."""
     resized = img.resize((input_size, input_size), Image.BILINEAR)
     arr = np.asarray(resized, dtype=np.float32) / 255.0
-    tensor = torch.from_numpy(arr).permute(2, 0, 1)
+    return normalise(torch.from_numpy(arr).permute(2, 0, 1), mean, std)
+
+
+def normalise(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """``(x - mean) / std`` per channel of ``[3, S, S]`` or ``[N, 3, S, S]`` float32 images.
+
+    The trainers call this on cached batches so training sees bit for bit what the server computes.
+    """
     mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    return (tensor - mean_t) / std_t
+    return (x - mean_t) / std_t
 
 
 def decode_mask(data: bytes, size: tuple[int, int], field: str = "mask") -> np.ndarray:

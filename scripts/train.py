@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # allow `python scripts/train.py` without installing the package
     sys.path.insert(0, str(REPO))
 
+from camserve import imaging  # noqa: E402
 from camserve.archs import DEFAULT_TARGET_LAYERS, SUPPORTED_ARCHS, build_arch, get_module  # noqa: E402
 from camserve.checkpoint import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, save_checkpoint  # noqa: E402
 from camserve.errors import CamserveError  # noqa: E402
@@ -132,10 +133,8 @@ def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]
 
 
 def normalise(split: Split, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-    """Apply ``preprocess``'s normalisation in place, with the same float32 ops (so bit-identical)."""
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    split.x = (split.x - mean_t) / std_t
+    """Apply ``preprocess``'s normalisation to a cached split, in place (bit-identical to serving)."""
+    split.x = imaging.normalise(split.x, mean, std)
 
 
 def load_data(root: Path, classes: list[str], size: int, norm: str

@@ -23,7 +23,6 @@ import csv
 import hashlib
 import json
 import logging
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -45,6 +44,9 @@ from camserve.errors import CamserveError  # noqa: E402
 from camserve.imaging import decode_image, preprocess  # noqa: E402
 from camserve.tabular import TabularSchema  # noqa: E402
 from scripts.cli import positive_float, positive_int, unit_float  # noqa: E402
+from scripts.train import channel_stats, lr_factor, metrics_path, normalise  # noqa: E402
+
+WARMUP = 0.15  # share of the steps spent warming up (scripts/train.py uses 0.2)
 
 log = logging.getLogger("train_thyroid")
 CLASSES = ("benign", "malignant")  # single logit: [negative, positive]
@@ -123,16 +125,8 @@ def load_split(root: Path, split: str, size: int, schema: TabularSchema,
     return Split(torch.stack(xs), torch.stack(ts), torch.tensor([k for _, k in items]), [r for r, _ in items])
 
 
-def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    x64 = x.double()
-    mean, std = x64.mean(dim=(0, 2, 3)), x64.std(dim=(0, 2, 3)).clamp_min(1e-3)
-    return tuple(round(float(m), 4) for m in mean), tuple(round(float(s), 4) for s in std)
 
 
-def normalise(split: Split, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-    """``preprocess``'s normalisation with the same float32 ops, so training sees what the server computes."""
-    split.x = (split.x - torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)) / \
-        torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
 
 
 def feature_slices(schema: TabularSchema) -> list[slice]:
@@ -191,20 +185,12 @@ def evaluate(model: nn.Module, split: Split, missing: torch.Tensor, ablations: b
     return out
 
 
-def lr_factor(step: int, total: int, warmup: float = 0.15) -> float:
-    """Linear warm-up from 0.1, then cosine decay to 0."""
-    warm = max(1, round(warmup * total))
-    if step < warm:
-        return 0.1 + 0.9 * step / warm
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
 
 
 def sha256(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
-def metrics_path(checkpoint: Path) -> Path:
-    return checkpoint.with_name(checkpoint.name + ".metrics.json")
 
 
 def load_data(args: argparse.Namespace) -> tuple[TabularSchema, dict[str, Split], tuple, tuple]:
@@ -240,7 +226,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     rest = [p for n, p in model.named_parameters() if not n.startswith("cnn.")]
     opt = torch.optim.AdamW([{"params": cnn, "lr": args.lr},
                              {"params": rest, "lr": args.lr * args.branch_lr_scale}], weight_decay=args.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, args.epochs * steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, args.epochs * steps, WARMUP))
     gen = torch.Generator().manual_seed(args.seed)
     best, best_state, best_epoch, history = None, None, 0, []
     bar = tqdm(total=args.epochs * steps, desc="train thyroid_net", unit="batch", disable=None)
