@@ -12,7 +12,14 @@ from typing import Any
 
 import requests
 
-from camserve.errors import CamserveError, InvalidRequest, ServerUnavailable, from_payload
+from camserve.errors import (
+    CamserveError,
+    DataError,
+    InvalidRequest,
+    ServerTimeout,
+    ServerUnreachable,
+    from_payload,
+)
 from camserve.schema import ExplainResponse, Explanation, ModelInfo, explanation_from_dict
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -23,15 +30,15 @@ def read_token(key_file: str | Path, kind: str = "inference") -> str:
     """A key from TorchServe's ``key_file.json`` (``inference``, ``management`` or ``API``).
 
     Raises:
-        InvalidRequest: The file is missing or has no such key.
+        DataError: The file is missing, unreadable or has no such key.
     """
     path = Path(key_file)
     try:
         return str(json.loads(path.read_text())[kind]["key"])
     except FileNotFoundError as exc:
-        raise InvalidRequest(f"token file {str(path)!r} not found: start TorchServe first (make serve)") from exc
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InvalidRequest(f"token file {str(path)!r} has no {kind!r} key") from exc
+        raise DataError(f"token file {str(path)!r} not found: start TorchServe first (make serve)") from exc
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"token file {str(path)!r} has no {kind!r} key") from exc
 
 
 class Client:
@@ -125,9 +132,9 @@ class Client:
         try:
             resp = self.session.request(method, url, headers=dict(headers), timeout=self.timeout, **kwargs)
         except requests.Timeout as exc:
-            raise ServerUnavailable(f"the model server did not answer within {self.timeout:g} s") from exc
+            raise ServerTimeout(f"the model server did not answer within {self.timeout:g} s") from exc
         except requests.ConnectionError as exc:
-            raise ServerUnavailable("the model server is not reachable; is TorchServe running?") from exc
+            raise ServerUnreachable("the model server is not reachable; is TorchServe running?") from exc
         try:
             body = resp.json()
         except ValueError:

@@ -1,4 +1,4 @@
-"""Errors as a small hierarchy that carries its HTTP status.
+"""Every failure a camserve user can meet, as one small hierarchy that carries its HTTP status.
 
     CamserveError
     ├── RequestError            4xx: the caller sent something wrong
@@ -7,25 +7,62 @@
     │   ├── ModelNotFound       404  the server has no such model
     │   ├── PayloadTooLarge     413  a body, image or response exceeds a bound
     │   └── UnsupportedImage    415  the bytes are not a decodable image
-    ├── ServerError             5xx: the server failed or is not there
-    │   └── ServerUnavailable   503  down, overloaded, timed out
-    └── CheckpointError         a checkpoint cannot be served (raised at archive time)
+    ├── ServerError             500  the server failed
+    │   ├── WorkerDied          507  the model worker crashed (TorchServe restarts it)  retriable
+    │   └── ServerUnavailable   503  down or overloaded                                  retriable
+    │       ├── ServerUnreachable    no connection at all (refused, unknown host)
+    │       └── ServerTimeout        no answer within the client's timeout
+    ├── CheckpointError         a checkpoint cannot be served (raised at archive time)
+    └── DataError               local input cannot be used: a data folder, CSV, mask or key file
+        └── ResumeMismatch      ``--resume`` on a run made with other data or settings
 
-The TorchServe handler maps each ``RequestError`` to a per-request status once; clients map the
-server's ``{code, type, message}`` back to the same classes with :func:`from_payload`.
+The TorchServe handler maps each ``CamserveError`` to a per-request status once; clients map the
+server's ``{code, type, message}`` back to the same classes with :func:`from_payload`, and decide by
+type (``isinstance``, or ``retriable``), never by message text. Messages name the field or file and
+say what is allowed; they are bounded (:data:`MAX_MESSAGE`), and quote offending values only through
+:func:`excerpt`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+MAX_MESSAGE = 300  # characters; also bounds every error body the server answers
+EXCERPT = 40  # characters of an offending value quoted back
+
+
+def excerpt(value: Any, limit: int = EXCERPT) -> str:
+    """A short, escaped, quoted excerpt of a value for an error message (never the whole value).
+
+    >>> excerpt("x" * 100, 8)
+    "'xxxxxxxx'... (100 characters)"
+    """
+    if isinstance(value, (bytes, bytearray)):
+        size, unit, head = len(value), "bytes", bytes(value[:limit]).decode("utf-8", "replace")
+    else:
+        try:
+            text = value if isinstance(value, str) else str(value)
+        except ValueError:  # e.g. an int over Python's 4300-digit conversion limit
+            text = f"<{type(value).__name__} too large to show>"
+        size, unit, head = len(text), "characters", text[:limit]
+    return repr(head) if size <= limit else f"{head!r}... ({size} {unit})"
+
 
 class CamserveError(Exception):
-    """Base class; ``status`` is the HTTP status the error is answered with."""
+    """Base class; ``status`` is the HTTP status the error is answered with.
+
+    Attributes:
+        message: What went wrong and what to do, at most :data:`MAX_MESSAGE` characters.
+        retriable: Whether sending the same request again later may succeed.
+    """
 
     status = 500
+    retriable = False
 
     def __init__(self, message: str) -> None:
+        message = str(message)
+        if len(message) > MAX_MESSAGE:
+            message = message[: MAX_MESSAGE - 3] + "..."
         super().__init__(message)
         self.message = message
 
@@ -64,8 +101,24 @@ class ServerError(CamserveError):
     status = 500
 
 
+class WorkerDied(ServerError):
+    """TorchServe lost the model worker while it held the request; it restarts the worker."""
+
+    status = 507
+    retriable = True
+
+
 class ServerUnavailable(ServerError):
     status = 503
+    retriable = True
+
+
+class ServerUnreachable(ServerUnavailable):
+    """No connection could be made (refused, reset before an answer, unknown host)."""
+
+
+class ServerTimeout(ServerUnavailable):
+    """The server took the request but did not answer within the client's timeout."""
 
 
 class CheckpointError(CamserveError):
@@ -74,33 +127,55 @@ class CheckpointError(CamserveError):
     status = 500
 
 
-_BY_NAME: dict[str, type[CamserveError]] = {
-    cls.__name__: cls
-    for cls in (InvalidRequest, Unauthorized, ModelNotFound, PayloadTooLarge, UnsupportedImage,
-                ServerError, ServerUnavailable)
-}
+class DataError(CamserveError):
+    """Local input that cannot be used: a data folder, a clinical CSV, a mask, a key file."""
+
+    status = 400
+
+
+class ResumeMismatch(DataError):
+    """A run cannot resume: its log was written with other data, model or settings."""
+
+
+ALL_ERRORS: tuple[type[CamserveError], ...] = (
+    CamserveError, RequestError, InvalidRequest, Unauthorized, ModelNotFound, PayloadTooLarge, UnsupportedImage,
+    ServerError, WorkerDied, ServerUnavailable, ServerUnreachable, ServerTimeout, CheckpointError, DataError,
+    ResumeMismatch)
+_BY_NAME: dict[str, type[CamserveError]] = {cls.__name__: cls for cls in ALL_ERRORS}
 _BY_STATUS: dict[int, type[CamserveError]] = {
     400: InvalidRequest, 401: Unauthorized, 403: Unauthorized, 404: ModelNotFound,
-    413: PayloadTooLarge, 415: UnsupportedImage, 503: ServerUnavailable, 504: ServerUnavailable,
+    413: PayloadTooLarge, 415: UnsupportedImage, 503: ServerUnavailable, 504: ServerTimeout, 507: WorkerDied,
+}
+# TorchServe's own error types that say more than their status.
+_TORCHSERVE_TYPES: dict[str, type[CamserveError]] = {
+    "InvalidKeyException": Unauthorized,  # a bad token answers 400, not 401
+    "ModelNotFoundException": ModelNotFound,
 }
 
 
 def from_payload(status: int, payload: Any) -> CamserveError:
-    """Rebuild the exception a server answered, from its status and JSON body.
+    """Rebuild the exception a server answered, from its status and body.
 
     Args:
         status: HTTP status of the response.
-        payload: The decoded JSON body (camserve's or TorchServe's own error shape), or anything else.
+        payload: The decoded JSON body (camserve's or TorchServe's own error shape), or its text.
 
     Returns:
-        The matching ``CamserveError`` subclass instance.
+        The matching ``CamserveError`` subclass instance; ``to_payload`` of it gives the body back.
     """
     body = payload if isinstance(payload, dict) else {}
-    message = str(body.get("message") or payload or f"HTTP {status}")[:500]
+    message = str(body.get("message") or payload or "").strip() or _empty_body_message(status)
     kind = str(body.get("type", ""))
-    if kind == "InvalidKeyException":  # TorchServe answers a bad token with 400, not 401
-        return Unauthorized(f"the server refused the token: {message}")
+    if kind in _TORCHSERVE_TYPES:
+        cls = _TORCHSERVE_TYPES[kind]
+        return cls(f"the server refused the token: {message}" if cls is Unauthorized else message)
     if kind in _BY_NAME:
         return _BY_NAME[kind](message)
     cls = _BY_STATUS.get(status) or (RequestError if 400 <= status < 500 else ServerError)
     return cls(message)
+
+
+def _empty_body_message(status: int) -> str:
+    if status == 413:  # TorchServe's frontend refuses a body over max_request_size with no body at all
+        return "the request is larger than the server's max_request_size"
+    return f"HTTP {status} with an empty body"

@@ -100,6 +100,8 @@ class Explainer:
         start = time.perf_counter()
         raw = split_request(row, self.schema.names if self.schema else ())
         options = parse_options(raw.fields, self.spec.class_names)
+        if options.explain not in ("gradcam", "none"):
+            raise InvalidRequest(f"field 'explain': {options.explain!r} is not served by this version yet")
         if self.schema is None and raw.clinical:
             raise InvalidRequest("field 'clinical': this model takes no clinical fields")
         tabular = None if self.schema is None else self.schema.encode(raw.clinical)

@@ -128,7 +128,7 @@ def parse_options(fields: Mapping[str, Any], class_names: Sequence[str]) -> Expl
 
     explain = _choice("explain", get("explain") or "gradcam", EXPLAIN_METHODS)
     return ExplainOptions(
-        target=None if get("target") in (None, "auto") else class_index("target", get("target"), class_names),
+        targets=() if get("target") in (None, "auto") else (class_index("target", get("target"), class_names),),
         label=None if get("label") is None else class_index("label", get("label"), class_names),
         topk=None if get("topk") is None else min(_int("topk", get("topk"), 1, None), len(class_names)),
         explain=explain,

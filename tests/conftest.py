@@ -39,6 +39,16 @@ def png_bytes(size: tuple[int, int] = (96, 72), seed: int = 0, mode: str = "RGB"
     return buf.getvalue()
 
 
+LAYERS = ("integration", "browser", "train")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test of no slower layer is a unit test (``make test-fast`` runs those)."""
+    for item in items:
+        if not any(item.get_closest_marker(m) for m in LAYERS):
+            item.add_marker(pytest.mark.unit)
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")

@@ -83,7 +83,7 @@ def test_explanations_route_answers_the_explanation_alone(handler: CamserveHandl
     img = bytearray(png_bytes())
     out, ctx = run(handler, model_dir, [{"body": img}, {"data": img, "explain": bytearray(b"none")}, {"body": img}],
                    headers=[{"explain": "True"}, {"explain": "True"}, {}])
-    assert set(out[0]) == {"method", "target", "cam", "cam_max", "heatmap", "overlay", "focus_score"}
+    assert set(out[0]) == {"method", "target", "cam", "cam_max", "heatmap", "overlay", "focus_score", "faithfulness"}
     assert ctx.status == {1: (400, "InvalidRequest")} and "explain" in out[1]["message"]
     assert "prediction" in out[2]
 

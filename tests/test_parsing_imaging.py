@@ -64,7 +64,7 @@ def test_options_defaults_and_values() -> None:
     ({"alpha": "1.5"}, r"field 'alpha' must be in \[0, 1\]"),
     ({"alpha": "nan"}, r"field 'alpha' must be in \[0, 1\]"),
     ({"alpha": "x"}, r"field 'alpha' must be a number"),
-    ({"explain": "shap"}, "field 'explain': 'shap' is not allowed; use one of gradcam, none"),
+    ({"explain": "shap"}, "field 'explain': 'shap' is not allowed; use one of gradcam, gradcam\\+\\+, xgradcam"),
     ({"colormap": "rainbow"}, "field 'colormap': 'rainbow' is not allowed; use one of jet"),
     ({"max_side": "4096"}, "field 'max_side' must be between 16 and 1024"),
 ])
