@@ -36,8 +36,7 @@ browser: ## Debian's headless Chromium for the one real-browser test
 	  else echo "Install Debian's chromium package (sudo apt-get install chromium)"; exit 1; fi; }
 
 model: install ## Generate, train and archive both demo models (cached): chest_phantom and thyroid_phantom
-	$(PY) scripts/build_default_model.py
-	$(PY) scripts/build_thyroid_model.py
+	$(PY) scripts/demo/build.py
 
 archive: install ## Package a checkpoint: make archive CKPT=path NAME=name [ARGS="--arch resnet18 --classes a,b"]
 	@test -n "$(CKPT)" -a -n "$(NAME)" || { echo "usage: make archive CKPT=checkpoint.pt NAME=model_name [ARGS=...]"; exit 2; }

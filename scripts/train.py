@@ -1,7 +1,7 @@
-"""Train a torchvision classifier from scratch on an image-folder data set; write a camserve checkpoint.
+"""Train a torchvision classifier from scratch on an ImageFolder tree; write a self-describing checkpoint.
 
-    python scripts/train.py --data DIR --arch ARCH --out CKPT [--epochs E] [--input-size N] [--seed S]
-        [--batch-size B] [--lr LR] [--target-layer L] [--threads T]
+    python scripts/train.py --data-dir DIR --arch ARCH --checkpoint CKPT [--epochs E] [--input-size N]
+        [--seed S] [--batch-size B] [--lr LR] [--target-layer L] [--threads T]
 
 ``DIR`` holds ``train/``, ``val/`` and (optionally) ``test/``, each with one folder per class; class names
 are the sorted folder names of ``train/``. Weights start random (``weights=None``: nothing is downloaded).
@@ -9,10 +9,9 @@ are the sorted folder names of ``train/``. Weights start random (``weights=None`
 Images are decoded and resized with ``camserve.imaging`` (the server's own code), once, and cached in
 memory. Augmentation: a random shift of up to ``--max-shift`` pixels, a horizontal flip, and
 Hide-and-Seek (``--hide``: each cell of a 4x4 grid blanked with that probability; Singh & Lee, 2017).
-The flip is label-preserving for the phantoms (lesions fall in either lung and the heart's side carries
-no class evidence) but wrong for any task where left and right mean something: use ``--no-hflip``
-there. The large shift and the hiding are there for the explanations, not the accuracy: on the phantoms
-they moved the Grad-CAM peak onto the lesions far more often (see ``scripts/build_default_model.py``).
+The flip suits tasks where left and right carry no label information; use ``--no-hflip`` wherever they
+do. The shift and the hiding serve the explanations more than the accuracy: a model that cannot rely on
+one spot of the image spreads its evidence over every finding.
 AdamW with a one-cycle schedule (warm-up, cosine decay); the epoch with the best validation accuracy
 (ties: lower validation loss) is kept. Writes ``CKPT`` (arch, class names, input size, mean/std and
 target layer travel with the weights) and ``CKPT.metrics.json`` (validation and test metrics, timings,
@@ -24,13 +23,9 @@ Deterministic: the same arguments, thread count and device give the same weights
 from __future__ import annotations
 
 import argparse
-import copy
-import hashlib
 import json
 import logging
-import math
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,56 +33,65 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # allow `python scripts/train.py` without installing the package
     sys.path.insert(0, str(REPO))
 
-from camserve import imaging  # noqa: E402
+from camserve import cli  # noqa: E402
+from camserve.analysis.metrics import confusion_matrix  # noqa: E402
 from camserve.archs import DEFAULT_TARGET_LAYERS, SUPPORTED_ARCHS, build_arch, get_module  # noqa: E402
 from camserve.checkpoint import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, save_checkpoint  # noqa: E402
-from camserve.errors import CamserveError  # noqa: E402
-from camserve.imaging import decode_image, preprocess  # noqa: E402
-from scripts.cli import input_side, non_negative_int, positive_float, positive_int, unit_float  # noqa: E402
+from camserve.errors import CamserveError, DataError  # noqa: E402
+from camserve.folders import sha256_file, walk  # noqa: E402
+from scripts.training import (  # noqa: E402
+    Clock,
+    channel_stats,
+    fit,
+    load_images,
+    metrics_path,
+    normalised,
+    pick_device,
+    seed_everything,
+)
 
 log = logging.getLogger("train")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 SPLITS = ("train", "val", "test")
-IDENTITY = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
-
-
-class DataError(Exception):
-    """The data directory does not have the expected layout."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", type=Path, required=True, help="folder with train/, val/ and optionally test/")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_data_dir(p, help="folder with train/, val/ and optionally test/, each an ImageFolder tree")
+    cli.add(p, "--checkpoint", "--out", type=Path, required=True, metavar="CKPT",
+            help="checkpoint to write (.pt); metrics go to CKPT.metrics.json")
     p.add_argument("--arch", required=True, choices=SUPPORTED_ARCHS, help="torchvision architecture")
-    p.add_argument("--out", type=Path, required=True, help="checkpoint to write (.pt); metrics go to OUT.metrics.json")
-    p.add_argument("--epochs", type=positive_int, default=10, help="training epochs")
-    p.add_argument("--input-size", type=input_side, default=128, help="square input side in pixels")
-    p.add_argument("--seed", type=int, default=0, help="seed for weights, data order and augmentation")
-    p.add_argument("--batch-size", type=positive_int, default=16, help="training batch size")
-    p.add_argument("--lr", type=positive_float, default=3e-3, help="peak learning rate (warm-up, then cosine decay)")
-    p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
+    p.add_argument("--epochs", type=cli.positive_int, default=10, help="training epochs (default: %(default)s)")
+    p.add_argument("--input-size", type=cli.input_side, default=128,
+                   help="square input side in pixels (default: %(default)s)")
+    p.add_argument("--seed", type=cli.non_negative_int, default=0,
+                   help="seed for weights, data order and augmentation (default: %(default)s)")
+    p.add_argument("--batch-size", type=cli.positive_int, default=16, help="training batch size (default: %(default)s)")
+    p.add_argument("--lr", type=cli.positive_float, default=3e-3,
+                   help="peak learning rate: warm-up, then cosine decay (default: %(default)s)")
+    p.add_argument("--weight-decay", type=cli.non_negative_float, default=0.05,
+                   help="AdamW weight decay (default: %(default)s)")
     p.add_argument("--target-layer", help="Grad-CAM layer stored in the checkpoint (default: the arch's own)")
-    p.add_argument("--threads", type=positive_int, default=2, help="CPU threads for torch")
-    p.add_argument("--max-shift", type=non_negative_int, default=16, help="random shift augmentation, pixels")
-    p.add_argument("--hide", type=unit_float, default=0.15,
-                   help="Hide-and-Seek: probability of blanking each cell of a 4x4 grid")
+    p.add_argument("--threads", type=cli.positive_int, default=2, help="CPU threads for torch (default: %(default)s)")
+    p.add_argument("--max-shift", type=cli.non_negative_int, default=16,
+                   help="random shift augmentation, pixels (default: %(default)s)")
+    p.add_argument("--hide", type=cli.unit_float, default=0.15,
+                   help="Hide-and-Seek: probability of blanking each cell of a 4x4 grid (default: %(default)s)")
     p.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=True,
                    help="random horizontal flips (only where left/right carry no label information)")
     p.add_argument("--norm", choices=("dataset", "imagenet"), default="dataset",
-                   help="mean/std from the training images, or ImageNet's")
+                   help="mean/std from the training images, or ImageNet's (default: %(default)s)")
     p.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu' or 'cuda[:N]'")
     return p
 
 
 @dataclass
 class Split:
-    """One split, preprocessed: ``x`` is ``[N, 3, S, S]`` normalised, ``y`` the class indices."""
+    """One split, preprocessed: ``x`` is ``[N, 3, S, S]`` (normalised once loaded), ``y`` the class indices."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -98,43 +102,32 @@ def find_classes(root: Path) -> list[str]:
     """Sorted class folder names of ``root/train``."""
     train = root / "train"
     if not train.is_dir():
-        raise DataError(f"{train} does not exist: --data must hold train/, val/ (and test/) folders")
-    classes = sorted(p.name for p in train.iterdir() if p.is_dir())
+        raise DataError(f"{train} does not exist: --data-dir must hold train/, val/ (and test/) folders")
+    classes = sorted(p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(classes) < 2:
         raise DataError(f"{train} must have at least two class folders, found {classes}")
     return classes
 
 
 def list_images(split_dir: Path, classes: list[str]) -> list[tuple[Path, int]]:
-    """``(path, class index)`` of every image under ``split_dir/CLASS/``, in a fixed (sorted) order."""
-    extra = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and p.name not in classes)
+    """``(path, class index)`` of every image under ``split_dir/CLASS/``, in class order, then by path."""
+    extra = sorted(p.name for p in split_dir.iterdir()
+                   if p.is_dir() and not p.name.startswith(".") and p.name not in classes)
     if extra:
         raise DataError(f"{split_dir} has class folders not in train/: {', '.join(extra)}")
-    items = [(p, i) for i, c in enumerate(classes) if (split_dir / c).is_dir()
-             for p in sorted((split_dir / c).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    found = walk(split_dir, images_only=True)
+    for skipped in found.skipped:
+        log.warning("%s/%s left out: %s", split_dir, skipped.rel, skipped.reason)
+    items = sorted((classes.index(rel.split("/")[0]), rel) for rel in found.files if "/" in rel)
     if not items:
-        raise DataError(f"{split_dir} has no images")
-    return items
+        raise DataError(f"{split_dir} has no images in class folders")
+    return [(split_dir / rel, c) for c, rel in items]
 
 
 def load_split(items: list[tuple[Path, int]], size: int, desc: str) -> Split:
-    """Decode and resize with the server's code; values in [0, 1] (normalised later by :func:`normalise`)."""
-    tensors = [preprocess(decode_image(path.read_bytes(), str(path)), size, *IDENTITY)
-               for path, _ in tqdm(items, desc=f"load {desc}", unit="img", leave=False, disable=None)]
-    return Split(torch.stack(tensors), torch.tensor([c for _, c in items]), [str(p) for p, _ in items])
-
-
-def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of ``[N, 3, S, S]`` images, rounded so the checkpoint reads cleanly."""
-    x64 = x.double()
-    mean = x64.mean(dim=(0, 2, 3))
-    std = x64.std(dim=(0, 2, 3)).clamp_min(1e-3)
-    return tuple(round(float(m), 4) for m in mean), tuple(round(float(s), 4) for s in std)
-
-
-def normalise(split: Split, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-    """Apply ``preprocess``'s normalisation to a cached split, in place (bit-identical to serving)."""
-    split.x = imaging.normalise(split.x, mean, std)
+    """Decode and resize with the server's code; values in [0, 1] until normalised."""
+    return Split(load_images([p for p, _ in items], size, desc), torch.tensor([c for _, c in items]),
+                 [str(p) for p, _ in items])
 
 
 def load_data(root: Path, classes: list[str], size: int, norm: str
@@ -145,7 +138,7 @@ def load_data(root: Path, classes: list[str], size: int, norm: str
     splits = {s: load_split(list_images(root / s, classes), size, s) for s in SPLITS if (root / s).is_dir()}
     mean, std = channel_stats(splits["train"].x) if norm == "dataset" else (IMAGENET_MEAN, IMAGENET_STD)
     for split in splits.values():
-        normalise(split, mean, std)
+        split.x = normalised(split.x, mean, std)
     return splits, mean, std
 
 
@@ -179,117 +172,62 @@ def evaluate(model: nn.Module, split: Split, classes: list[str], device: torch.d
         loss += float(F.cross_entropy(logits, split.y[i:i + batch_size], reduction="sum"))
         preds.append(logits.argmax(1))
     pred = torch.cat(preds)
-    n_classes = len(classes)
-    confusion = torch.zeros(n_classes, n_classes, dtype=torch.long)
-    confusion.index_put_((split.y, pred), torch.ones_like(pred), accumulate=True)
-    support = confusion.sum(1)
+    cm = confusion_matrix(split.y.numpy(), pred.numpy(), len(classes))
+    support = cm.sum(1)
     return {"n": len(split.y), "accuracy": float((pred == split.y).float().mean()),
             "loss": loss / len(split.y),
-            "per_class_accuracy": {name: float(confusion[c, c] / max(int(support[c]), 1))
-                                   for c, name in enumerate(classes)},
-            "confusion_matrix": confusion.tolist()}
-
-
-def lr_factor(step: int, total: int, warmup: float = 0.2) -> float:
-    """One cycle: linear warm-up from 0.1 to 1 over the first ``warmup`` share of the steps, then cosine to 0.
-
-    Unlike ``OneCycleLR`` it is defined for any number of steps, one included.
-    """
-    warm = max(1, round(warmup * total))
-    if step < warm:
-        return 0.1 + 0.9 * step / warm
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def fit(model: nn.Module, splits: dict[str, Split], classes: list[str], args: argparse.Namespace,
-        device: torch.device) -> tuple[dict[str, torch.Tensor], int, list[dict[str, float]]]:
-    """The training loop; returns the best epoch's weights (on validation), its number and the history."""
-    train_set = splits["train"]
-    steps = math.ceil(len(train_set.y) / args.batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, args.epochs * steps))
-    gen = torch.Generator().manual_seed(args.seed)  # data order and augmentation
-    best, best_state, best_epoch, history = None, {}, 0, []
-    bar = tqdm(total=args.epochs * steps, desc=f"train {args.arch}", unit="batch", disable=None)
-    for epoch in range(1, args.epochs + 1):
-        model.train()
-        order = torch.randperm(len(train_set.y), generator=gen)
-        total = 0.0
-        for i in range(steps):
-            idx = order[i * args.batch_size:(i + 1) * args.batch_size]
-            x = augment(train_set.x[idx], gen, args.max_shift, args.hflip, args.hide).to(device)
-            loss = F.cross_entropy(model(x), train_set.y[idx].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-            bar.update()
-            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
-        val = evaluate(model, splits["val"], classes, device)
-        history.append({"epoch": epoch, "train_loss": total / len(train_set.y), "val_accuracy": val["accuracy"],
-                        "val_loss": val["loss"]})
-        log.info("epoch %d: train loss %.4f, val accuracy %.4f, val loss %.4f",
-                 epoch, history[-1]["train_loss"], val["accuracy"], val["loss"])
-        if best is None or (val["accuracy"], -val["loss"]) > best:
-            best, best_epoch = (val["accuracy"], -val["loss"]), epoch
-            best_state = copy.deepcopy(model.state_dict())
-    bar.close()
-    return best_state, best_epoch, history
+            "per_class_accuracy": {name: float(cm[c, c] / max(int(support[c]), 1)) for c, name in enumerate(classes)},
+            "confusion_matrix": cm.tolist()}
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
     """Train, select the best epoch on validation, write the checkpoint and metrics; returns the metrics."""
-    start, start_cpu = time.perf_counter(), time.process_time()
-    torch.set_num_threads(args.threads)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    clock = Clock()
+    seed_everything(args.seed, args.threads)
     device = pick_device(args.device)
-    classes = find_classes(args.data)
+    classes = find_classes(args.data_dir)
     layer = args.target_layer or DEFAULT_TARGET_LAYERS[args.arch]
-    torch.manual_seed(args.seed)
     model = build_arch(args.arch, len(classes))
     get_module(model, layer)  # a wrong layer fails now, not after training
-    splits, mean, std = load_data(args.data, classes, args.input_size, args.norm)
+    splits, mean, std = load_data(args.data_dir, classes, args.input_size, args.norm)
     spec = ModelSpec(arch=args.arch, class_names=tuple(classes), num_outputs=len(classes), target_layer=layer,
                      input_size=args.input_size, mean=mean, std=std)
-    load_seconds = time.perf_counter() - start
+    load_seconds = clock.seconds()
 
-    best_state, best_epoch, history = fit(model.to(device), splits, classes, args, device)
-    model.load_state_dict(best_state)
+    model.to(device)
+    data = splits["train"]
+    gen = torch.Generator().manual_seed(args.seed)  # data order and augmentation
+
+    def loss_fn(idx: torch.Tensor) -> torch.Tensor:
+        x = augment(data.x[idx], gen, args.max_shift, args.hflip, args.hide).to(device)
+        return F.cross_entropy(model(x), data.y[idx].to(device))
+
+    result = fit(model, torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay),
+                 n_train=len(data.y), batch_size=args.batch_size, epochs=args.epochs, gen=gen, loss_fn=loss_fn,
+                 validate=lambda: evaluate(model, splits["val"], classes, device), desc=f"train {args.arch}")
+    model.load_state_dict(result.state)
     model.to("cpu").eval()
-    train_seconds = time.perf_counter() - start - load_seconds
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(args.out, model, spec, trained_by="scripts/train.py", best_epoch=best_epoch)
+    train_seconds = round(clock.seconds() - load_seconds, 2)
+    args.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(args.checkpoint, model, spec, trained_by="scripts/train.py", best_epoch=result.epoch)
     metrics = {
-        **spec.to_dict(), "best_epoch": best_epoch, "epochs": args.epochs,
+        **spec.to_dict(), "best_epoch": result.epoch, "epochs": args.epochs,
         **{s: evaluate(model, splits[s], classes, torch.device("cpu")) for s in ("val", "test") if s in splits},
-        "counts": {s: len(v.y) for s, v in splits.items()}, "history": history,
-        "data_manifest_sha256": manifest_digest(args.data),
-        "seconds": round(time.perf_counter() - start, 2),
-        "cpu_seconds": round(time.process_time() - start_cpu, 2),  # all threads; shows contention
-        "load_seconds": round(load_seconds, 2), "train_seconds": round(train_seconds, 2),
+        "counts": {s: len(v.y) for s, v in splits.items()}, "history": result.history,
+        "data_manifest_sha256": manifest_digest(args.data_dir),
+        "seconds": clock.seconds(), "cpu_seconds": clock.cpu_seconds(),
+        "load_seconds": load_seconds, "train_seconds": train_seconds,
         "device": str(device), "threads": args.threads, "torch": torch.__version__,
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
     }
-    metrics_path(args.out).write_text(json.dumps(metrics, indent=1) + "\n")
+    metrics_path(args.checkpoint).write_text(json.dumps(metrics, indent=1) + "\n")
     return metrics
 
 
 def manifest_digest(root: Path) -> str | None:
-    """SHA-256 of the data set's ``manifest.json`` (as make_phantoms writes), so caches can tell data apart."""
+    """SHA-256 of the data set's ``manifest.json``, where it has one (the demo generators write it)."""
     path = root / "manifest.json"
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
-
-
-def metrics_path(checkpoint: Path) -> Path:
-    """Where the metrics of ``checkpoint`` are written: ``CKPT.metrics.json`` beside it."""
-    return checkpoint.with_name(checkpoint.name + ".metrics.json")
+    return sha256_file(path) if path.is_file() else None
 
 
 def summary(metrics: dict[str, Any]) -> str:
@@ -313,12 +251,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--target-layer must not be empty")
     try:
         metrics = train(args)
-    except (DataError, CamserveError) as exc:
+    except CamserveError as exc:
         print(f"train: {exc}", file=sys.stderr)
         return 2
     print(json.dumps({k: metrics[k] for k in ("arch", "input_size", "target_layer", "best_epoch", "seconds")}
                      | {s: metrics[s]["accuracy"] for s in ("val", "test") if s in metrics}
-                     | {"checkpoint": str(args.out), "metrics": str(metrics_path(args.out))}))
+                     | {"checkpoint": str(args.checkpoint), "metrics": str(metrics_path(args.checkpoint))}))
     print(summary(metrics), file=sys.stderr)
     return 0
 

@@ -1,4 +1,4 @@
-"""The multimodal demo (issue 6): synthetic thyroid phantoms whose label needs the image AND the clinical
+"""The multimodal demo: synthetic thyroid phantoms whose label needs the image AND the clinical
 fields, trained, archived and served through a real TorchServe, where a clinical field alone moves the
 served probability."""
 
@@ -17,8 +17,10 @@ import torch
 
 from camserve.explainer import Explainer
 from camserve.tabular import TabularSchema
-from scripts import build_thyroid_model, make_thyroid_phantoms, train_thyroid
-from scripts.make_thyroid_phantoms import CLASSES, FEATURES, POINTS, SPLITS, THRESHOLD
+from scripts.demo import build, train_thyroid
+from scripts.demo import thyroid_phantoms as make_thyroid_phantoms
+from scripts.demo.thyroid_phantoms import CLASSES, FEATURES, POINTS, SPLITS, THRESHOLD
+from scripts.training import metrics_path
 from tests.harness import torchserve
 
 SMALL = ["--n-train", "10", "--n-val", "3", "--n-test", "3", "--size", "64"]
@@ -39,7 +41,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 def test_generator_is_deterministic_and_self_describing(tmp_path: Path) -> None:
     for name, seed in (("a", "0"), ("b", "0"), ("c", "1")):
-        assert make_thyroid_phantoms.main(["--out", str(tmp_path / name), "--seed", seed, *SMALL]) == 0
+        assert make_thyroid_phantoms.main(["--output-dir", str(tmp_path / name), "--seed", seed, *SMALL]) == 0
     a = tree_digest(tmp_path / "a")
     assert a == tree_digest(tmp_path / "b"), "same arguments must give byte-identical files"
     images = sorted(k for k in a if k.endswith(".png"))
@@ -121,24 +123,24 @@ def test_the_image_shows_calcifications_and_echogenicity() -> None:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
     root = tmp_path_factory.mktemp("thyroid")
-    argv = ["--data", str(root / "data"), "--checkpoint", str(root / "thyroid.pt"),
+    argv = ["thyroid", "--data-dir", str(root / "data"), "--checkpoint", str(root / "thyroid.pt"),
             "--model-store", str(root / "store"), "--n-train", "24", "--n-val", "8", "--n-test", "8",
             "--size", "64", "--input-size", "64", "--epochs", "1", "--threads", "1"]
-    assert build_thyroid_model.main(argv) == 0
+    assert build.main(argv) == 0
     return root, argv
 
 
 def test_build_is_cached_and_the_checkpoint_describes_itself(built, capsys: pytest.CaptureFixture) -> None:
     root, argv = built
     capsys.readouterr()
-    assert build_thyroid_model.main(argv) == 0
+    assert build.main(argv) == 0
     steps = json.loads(capsys.readouterr().out)["steps"]
     assert all("kept" in s for s in steps), steps
     ckpt = torch.load(root / "thyroid.pt", weights_only=True)
     assert ckpt["class_names"] == ["benign", "malignant"] and ckpt["target_layer"] == "cnn.layer3"
     assert ckpt["tabular"] == TabularSchema.from_dict(json.loads((root / "data" / "schema.json").read_text())).to_dict()
     assert ckpt["model_args"]["tabular_width"] == TabularSchema.from_dict(ckpt["tabular"]).width
-    metrics = json.loads(train_thyroid.metrics_path(root / "thyroid.pt").read_text())
+    metrics = json.loads(metrics_path(root / "thyroid.pt").read_text())
     assert {"accuracy", "accuracy_tabular_missing", "accuracy_image_blank"} <= set(metrics["test"])
 
 

@@ -1,7 +1,8 @@
-"""The trainer, ``scripts/train.py``: CLI, preprocessing parity with the server, determinism, checkpoint
-and metrics, every architecture, and (integration) archive -> real TorchServe -> ``evaluate_cam``.
+"""The generic trainer, ``scripts/train.py``: CLI, preprocessing parity with the server, determinism,
+checkpoint and metrics, every architecture, and (integration) archive -> real TorchServe -> ``evaluate_cam``;
+then the cached demo build, ``scripts/demo/build.py``.
 
-The data are a tiny phantom set (6 images per class at 64 px) from ``scripts/make_phantoms.py``.
+The data are a tiny phantom set (6 images per class at 64 px) from ``scripts/demo/chest_phantoms.py``.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import torch
 
 from camserve.archs import DEFAULT_TARGET_LAYERS, SUPPORTED_ARCHS
 from camserve.checkpoint import load_checkpoint
+from camserve.errors import DataError
 from camserve.imaging import decode_image, preprocess
-from scripts import archive, evaluate_cam, make_phantoms, train
+from scripts import archive, evaluate_cam, train, training
+from scripts.demo import build, chest_phantoms
 from tests.harness import torchserve
 
 SIZE = 64
@@ -26,15 +29,16 @@ CLASSES = ["COVID", "Normal", "Viral_Pneumonia"]
 @pytest.fixture(scope="module")
 def phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("phantoms")
-    assert make_phantoms.main(["--out", str(out), "--n-per-class", "6", "--seed", "3", "--size", str(SIZE)]) == 0
+    argv = ["--output-dir", str(out), "--n-per-class", "6", "--seed", "3", "--size", str(SIZE)]
+    assert chest_phantoms.main(argv) == 0
     return out
 
 
 def _train(data: Path, out: Path, *extra: str, arch: str = "resnet18") -> dict:
-    argv = ["--data", str(data), "--arch", arch, "--out", str(out), "--epochs", "1",
+    argv = ["--data-dir", str(data), "--arch", arch, "--checkpoint", str(out), "--epochs", "1",
             "--input-size", str(SIZE), "--batch-size", "8", "--threads", "1", *extra]
     assert train.main(argv) == 0
-    return json.loads(train.metrics_path(out).read_text())
+    return json.loads(training.metrics_path(out).read_text())
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +54,7 @@ def test_help_lists_flags_and_defaults(capsys):
         train.main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for text in ("--data", "--arch", "--out", "--epochs", "--input-size", "--seed", "--batch-size", "--lr",
+    for text in ("--data-dir", "--arch", "--checkpoint", "--epochs", "--input-size", "--seed", "--batch-size", "--lr",
                  "--target-layer", "--threads", "--no-hflip", "default: 128", "default: 2"):
         assert text in out
 
@@ -60,20 +64,22 @@ def test_help_lists_flags_and_defaults(capsys):
     ["--batch-size", "x"], ["--threads", "0"], ["--target-layer", " "],
 ])
 def test_bad_arguments_exit_2(bad, tmp_path):
-    argv = ["--data", str(tmp_path), "--arch", "resnet18", "--out", str(tmp_path / "m.pt"), *bad]
+    argv = ["--data-dir", str(tmp_path), "--arch", "resnet18", "--checkpoint", str(tmp_path / "m.pt"), *bad]
     with pytest.raises(SystemExit) as exc:
         train.main(argv)
     assert exc.value.code == 2
 
 
 def test_missing_data_exits_2(tmp_path, capsys):
-    assert train.main(["--data", str(tmp_path / "nope"), "--arch", "resnet18", "--out", str(tmp_path / "m.pt")]) == 2
+    assert train.main(["--data-dir", str(tmp_path / "nope"), "--arch", "resnet18",
+                       "--checkpoint", str(tmp_path / "m.pt")]) == 2
     assert "train/" in capsys.readouterr().err
     assert not (tmp_path / "m.pt").exists()
 
 
 def test_unknown_target_layer_fails_before_training(phantoms, tmp_path, capsys):
-    argv = ["--data", str(phantoms), "--arch", "resnet18", "--out", str(tmp_path / "m.pt"), "--target-layer", "layer9"]
+    argv = ["--data-dir", str(phantoms), "--arch", "resnet18", "--checkpoint", str(tmp_path / "m.pt"),
+            "--target-layer", "layer9"]
     assert train.main(argv) == 2
     assert "layer9" in capsys.readouterr().err
     assert not (tmp_path / "m.pt").exists()
@@ -83,7 +89,7 @@ def test_val_class_missing_from_train_is_rejected(phantoms, tmp_path):
     (tmp_path / "train" / "A").mkdir(parents=True)
     (tmp_path / "train" / "B").mkdir()
     (tmp_path / "val" / "C").mkdir(parents=True)
-    with pytest.raises(train.DataError, match="C"):
+    with pytest.raises(DataError, match="C"):
         train.list_images(tmp_path / "val", train.find_classes(tmp_path))
 
 
@@ -93,16 +99,15 @@ def test_cached_tensors_equal_the_servers_preprocessing(phantoms):
     """Training sees bit for bit what the server will compute from the same file and checkpoint."""
     items = train.list_images(phantoms / "train", CLASSES)[:4]
     split = train.load_split(items, SIZE, "train")
-    mean, std = train.channel_stats(split.x)
-    train.normalise(split, mean, std)
-    for (path, _), x in zip(items, split.x, strict=True):
+    mean, std = training.channel_stats(split.x)
+    for (path, _), x in zip(items, training.normalised(split.x, mean, std), strict=True):
         assert torch.equal(x, preprocess(decode_image(path.read_bytes()), SIZE, mean, std))
 
 
 def test_channel_stats_known_values():
     x = torch.zeros(2, 3, 4, 4)
     x[1] = 1.0  # half zeros, half ones per channel: mean 0.5, sample std sqrt(16/31) * 0.5
-    mean, std = train.channel_stats(x)
+    mean, std = training.channel_stats(x)
     assert mean == (0.5, 0.5, 0.5)
     assert std[0] == pytest.approx(round(0.5 * (32 / 31) ** 0.5, 4))
 
@@ -201,30 +206,28 @@ def test_trained_checkpoint_archives_serves_and_evaluates(trained, phantoms, tmp
 
 def test_lr_schedule_warms_up_then_decays_to_zero():
     total = 100
-    f = [train.lr_factor(s, total) for s in range(total + 1)]
+    f = [training.lr_factor(s, total) for s in range(total + 1)]
     assert f[0] == pytest.approx(0.1) and f[20] == pytest.approx(1.0) and f[total] == pytest.approx(0.0)
     assert all(a < b for a, b in zip(f[:20], f[1:21], strict=True))
     assert all(a >= b for a, b in zip(f[20:-1], f[21:], strict=True))
-    assert train.lr_factor(0, 1) == pytest.approx(0.1)  # defined for a single step (OneCycleLR is not)
-    assert [train.lr_factor(s, 2) for s in range(2)] == [pytest.approx(0.1), pytest.approx(1.0)]
+    assert training.lr_factor(0, 1) == pytest.approx(0.1)  # defined for a single step (OneCycleLR is not)
+    assert [training.lr_factor(s, 2) for s in range(2)] == [pytest.approx(0.1), pytest.approx(1.0)]
 
 
 # ---- the `make model` recipe ------------------------------------------------------------------------------
 
-def test_build_default_model_caches_every_step_and_is_deterministic(tmp_path, capsys):
-    from scripts import build_default_model as bdm
-
-    argv = ["--data", str(tmp_path / "phantoms"), "--n-per-class", "6", "--size", str(SIZE),
+def test_demo_build_caches_every_step_and_is_deterministic(tmp_path, capsys):
+    argv = ["chest", "--data-dir", str(tmp_path / "phantoms"), "--n-per-class", "6", "--size", str(SIZE),
             "--checkpoint", str(tmp_path / "models" / "m.pt"), "--epochs", "1", "--input-size", str(SIZE),
             "--model-store", str(tmp_path / "store"), "--name", "phantom_tiny", "--threads", "1"]
 
     def run(*extra: str) -> dict:
         capsys.readouterr()
-        assert bdm.main([*argv, *extra]) == 0
+        assert build.main([*argv, *extra]) == 0
         return json.loads(capsys.readouterr().out.strip().splitlines()[-1])  # after the steps' own lines
 
     first = run()
-    assert [s.split(":")[0] for s in first["steps"]] == ["phantoms", "model", "archive"]
+    assert [s.split(":")[0] for s in first["steps"]] == ["data", "model", "archive"]
     assert not any("kept" in s for s in first["steps"])
     assert (tmp_path / "store" / "phantom_tiny.mar").is_file()
     again = run()
@@ -234,13 +237,13 @@ def test_build_default_model_caches_every_step_and_is_deterministic(tmp_path, ca
     assert not any("kept" in s for s in retrained["steps"])
     assert retrained["checkpoint_sha256"] == first["checkpoint_sha256"]  # same arguments, same bytes
     other_seed = run("--seed", "1")
-    assert "kept" in other_seed["steps"][0] and "trained" in other_seed["steps"][1]
-    assert "wrote" in other_seed["steps"][2]
+    assert "kept" in other_seed["steps"][0] and "made" in other_seed["steps"][1]
+    assert "made" in other_seed["steps"][2]
     assert other_seed["checkpoint_sha256"] != first["checkpoint_sha256"]
     (tmp_path / "phantoms" / "manifest.json").write_text("{}")  # unknown data: regenerated, identical bytes,
     regenerated = run("--seed", "1")                            # so the model (keyed by its digest) stays
-    assert "generated" in regenerated["steps"][0] and "kept" in regenerated["steps"][1]
+    assert "made" in regenerated["steps"][0] and "kept" in regenerated["steps"][1]
     other_data = run("--seed", "1", "--n-per-class", "7")
-    assert "generated" in other_data["steps"][0] and "trained" in other_data["steps"][1]
+    assert "made" in other_data["steps"][0] and "made" in other_data["steps"][1]
     # 7 per class x 3 classes x (image + 2 masks): the 6-per-class files, split differently, were removed
     assert len(list((tmp_path / "phantoms").rglob("*.png"))) == 63

@@ -1,4 +1,4 @@
-"""The thyroid demo model (seed 001's shape): a ResNet-18 image branch fused with a clinical branch.
+"""The thyroid demo model: a ResNet-18 image branch fused with a clinical branch.
 
 TorchServe's ``--model-file`` rule: this file defines exactly one ``nn.Module`` class. The image branch is
 ``cnn`` (torchvision ResNet-18 from scratch, its ``fc`` replaced by the identity, so Grad-CAM layers are

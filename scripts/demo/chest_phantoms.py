@@ -5,7 +5,7 @@ Not medical data: a stand-in for a chest X-ray set that cannot be downloaded. ``
 bilateral, peripheral ground-glass blobs, ``Normal`` none, ``Viral_Pneumonia`` one or two denser compact
 consolidations, usually in one lung. Lung and lesion masks are aligned to each image for scoring Grad-CAM.
 
-Usage: ``python scripts/make_phantoms.py --out data/phantoms --n-per-class 600 --seed 0`` writes
+Usage: ``python scripts/demo/chest_phantoms.py --output-dir data/phantoms --n-per-class 600 --seed 0`` writes
 ``OUT/{split}/{class}/{id}.png``, ``OUT/masks/{lungs,lesions}/{split}/{class}/{id}.png`` (0/255),
 ``OUT/manifest.json`` and ``OUT/README.txt``. Same arguments give byte-identical files: each sample has
 its own generator seeded by (seed, class index, sample index).
@@ -17,13 +17,19 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # allow `python scripts/demo/chest_phantoms.py` without installing the package
+    sys.path.insert(0, str(REPO))
+
+from camserve import cli  # noqa: E402
 
 GENERATOR_VERSION = "1.0.0"
 CLASSES = ("COVID", "Normal", "Viral_Pneumonia")
@@ -283,7 +289,7 @@ def _command(args: argparse.Namespace) -> str:
     """The command line that regenerates this data set (the output path left out, for byte-identity)."""
     fractions = ",".join(f"{f:g}" for f in args.split_fractions)
     return (
-        f"python scripts/make_phantoms.py --out <this directory> --n-per-class {args.n_per_class} "
+        f"python scripts/demo/chest_phantoms.py --output-dir <this directory> --n-per-class {args.n_per_class} "
         f"--seed {args.seed} --size {args.size} --split-fractions {fractions} --hard-fraction {args.hard_fraction:g}"
     )
 
@@ -297,9 +303,9 @@ def write_metadata(out: Path, args: argparse.Namespace, samples: list[Sample]) -
     counts, hard = _tally(samples), _tally([x for x in samples if x.hard])
     manifest = {
         "synthetic": True,
-        "generator": "scripts/make_phantoms.py",
+        "generator": "scripts/demo/chest_phantoms.py",
         "version": GENERATOR_VERSION,
-        "args": {k: v for k, v in vars(args).items() if k != "out"},
+        "args": {k: v for k, v in vars(args).items() if k != "output_dir"},
         "classes": list(CLASSES),
         "counts": counts,
         "hard_counts": hard,
@@ -313,34 +319,12 @@ def write_metadata(out: Path, args: argparse.Namespace, samples: list[Sample]) -
         "SYNTHETIC DATA - NOT MEDICAL DATA.\n\n"
         "These are computer-generated phantoms that imitate frontal chest radiographs. They come from no\n"
         "patient, carry no clinical information and must not be used for any medical purpose.\n\n"
-        f"Generator: scripts/make_phantoms.py version {GENERATOR_VERSION}\n"
+        f"Generator: scripts/demo/chest_phantoms.py version {GENERATOR_VERSION}\n"
         f"Command: {_command(args)}\nSeed: {args.seed}\n\n"
         "Layout: {split}/{class}/{id}.png; masks/lungs/... and masks/lesions/... at the same relative paths\n"
         "(0 = outside, 255 = inside). manifest.json lists every image with its split, class and hard flag.\n"
     )
     return counts
-
-
-def int_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type accepting integers >= ``minimum``."""
-
-    def parse(text: str) -> int:
-        if int(text) < minimum:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text}")
-        return int(text)
-
-    return parse
-
-
-positive_int, seed_int, image_size = int_at_least(1), int_at_least(0), int_at_least(32)
-
-
-def fraction(text: str) -> float:
-    """An argparse type accepting a number in [0, 1]."""
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
 
 
 def split_fractions(text: str) -> tuple[float, float, float]:
@@ -362,12 +346,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add = parser.add_argument
     required = {"required": True, "default": argparse.SUPPRESS}
-    add("--out", type=Path, metavar="DIR", help="output directory", **required)
-    add("--n-per-class", type=positive_int, metavar="N", help="images per class, over all splits", **required)
-    add("--seed", type=seed_int, default=0, metavar="S", help="master seed, >= 0")
-    add("--size", type=image_size, default=128, metavar="PX", help="image side in pixels, >= 32")
+    cli.add_output_dir(parser)
+    add("--n-per-class", type=cli.positive_int, metavar="N", help="images per class, over all splits", **required)
+    add("--seed", type=cli.non_negative_int, default=0, metavar="S", help="master seed, >= 0")
+    add("--size", type=cli.int_range(32, 1024), default=128, metavar="PX", help="image side in pixels, >= 32")
     add("--split-fractions", type=split_fractions, default="0.7,0.15,0.15", metavar="TR,VA,TE", help="split shares")
-    add("--hard-fraction", type=fraction, default=0.15, metavar="F", help="share of hard cases per split and class")
+    add("--hard-fraction", type=cli.unit_float, default=0.15, metavar="F",
+        help="share of hard cases per split and class")
     return parser
 
 
@@ -375,12 +360,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Generate the data set described by ``argv``; print a JSON summary to stdout. Returns the exit code."""
     args = build_parser().parse_args(argv)
     samples = plan_samples(args.n_per_class, args.seed, args.split_fractions, args.hard_fraction)
-    args.out.mkdir(parents=True, exist_ok=True)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
     for sample in tqdm(samples, desc="phantoms", unit="img", disable=None):
-        write_sample(args.out, sample, args.seed, args.size)
-    counts = write_metadata(args.out, args, samples)
-    print(json.dumps({"out": str(args.out), "synthetic": True, "counts": counts, "hard": sum(s.hard for s in samples)}))
-    print(f"wrote {len(samples)} synthetic phantoms to {args.out}", file=sys.stderr)
+        write_sample(args.output_dir, sample, args.seed, args.size)
+    counts = write_metadata(args.output_dir, args, samples)
+    hard = sum(s.hard for s in samples)
+    print(json.dumps({"out": str(args.output_dir), "synthetic": True, "counts": counts, "hard": hard}))
+    print(f"wrote {len(samples)} synthetic phantoms to {args.output_dir}", file=sys.stderr)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Tests of the synthetic chest-radiograph generator, ``scripts/make_phantoms.py``.
+"""Tests of the synthetic chest-radiograph generator, ``scripts/demo/chest_phantoms.py``.
 
 Masks are checked against the drawn pixels: the same seed drawn as ``Normal`` and as a diseased class shares
 anatomy, pose and noise, so the difference of the two images is exactly what the lesions added.
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scripts import make_phantoms as mp
+from scripts.demo import chest_phantoms as mp
 
 SIZE = 96
 SEEDS = range(8)
@@ -43,7 +43,7 @@ def _lung_halves(lungs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _run(out: Path, *extra: str) -> int:
-    return mp.main(["--out", str(out), "--size", "48", *extra])
+    return mp.main(["--output-dir", str(out), "--size", "48", *extra])
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -230,7 +230,7 @@ def test_layout_counts_and_manifest(tmp_path: Path, capsys: pytest.CaptureFixtur
     ids = [x["id"] for x in manifest["images"]]
     assert len(ids) == len(set(ids)) == 30 and "covid_00000" in ids and "viral_pneumonia_00009" in ids
     assert sum(x["hard"] for x in manifest["images"]) == 3 * (2 + 1 + 0)  # round(0.3 * [7, 2, 1]) per class
-    assert manifest["synthetic"] is True and manifest["args"]["seed"] == 1 and "out" not in manifest["args"]
+    assert manifest["synthetic"] is True and manifest["args"]["seed"] == 1 and "output_dir" not in manifest["args"]
     readme = (out / "README.txt").read_text()
     assert "SYNTHETIC" in readme and "NOT MEDICAL DATA" in readme and "--seed 1" in readme
 
@@ -272,7 +272,7 @@ def test_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
 )
 def test_invalid_arguments_exit_with_code_2(tmp_path: Path, bad: list[str]) -> None:
     with pytest.raises(SystemExit) as exc:
-        mp.main(["--out", str(tmp_path / "x"), *bad])
+        mp.main(["--output-dir", str(tmp_path / "x"), *bad])
     assert exc.value.code == 2
     assert not (tmp_path / "x").exists()
 
