@@ -28,13 +28,13 @@ def normalise_rows(cm: np.ndarray) -> np.ndarray:
     """Each row divided by its sum (recall view); a class with no samples gets a row of zeros, not NaN."""
     cm = np.asarray(cm, dtype=np.float64)
     sums = cm.sum(axis=1, keepdims=True)
-    return np.divide(cm, sums, out=np.zeros_like(cm), where=sums > 0)
+    return np.asarray(np.divide(cm, sums, out=np.zeros_like(cm), where=sums > 0))
 
 
 def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     num = np.asarray(num, dtype=np.float64)
     den = np.asarray(den, dtype=np.float64)
-    return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+    return np.asarray(np.divide(num, den, out=np.zeros_like(num), where=den > 0))
 
 
 @dataclass(frozen=True)
@@ -190,3 +190,125 @@ def confident_learning(probs: np.ndarray, given: np.ndarray, n_classes: int) -> 
     issues = np.flatnonzero(has & (suggested != given))
     ranked = issues[np.lexsort((issues, margin[issues]))]
     return LabelIssues(thresholds, joint, ranked, suggested.astype(np.int64), margin)
+
+
+def label_quality(probs: np.ndarray, given: np.ndarray) -> np.ndarray:
+    """Per-sample label-quality score: the self-confidence p(given label) (cleanlab's default
+    ``get_label_quality_scores(method="self_confidence")``); low means likely mislabelled. ``[N]``."""
+    probs = np.asarray(probs, dtype=np.float64)
+    given = np.asarray(given, dtype=np.int64)
+    return probs[np.arange(len(given)), given] if len(given) else np.zeros(0)
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A ROC or precision-recall curve over every distinct score threshold (highest first).
+
+    ``x`` / ``y`` are FPR / TPR (ROC) or recall / precision (PR); ``thresholds[i]`` is the score at or
+    above which samples are called positive to reach point ``i`` (``inf`` for the ROC's origin).
+    ``area`` is the ROC AUC (trapezoids; equals the Mann-Whitney probability that a positive outscores
+    a negative, ties counting one half) or the average precision
+    ``sum_n (R_n - R_{n-1}) P_n`` (scikit-learn's ``average_precision_score``, no interpolation).
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    thresholds: np.ndarray
+    area: float | None
+
+
+def _cumulative(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """True and false positives at each distinct threshold, highest score first."""
+    order = np.argsort(-score, kind="mergesort")
+    score, y = score[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(score)), len(y) - 1]  # the last sample of each run of equal scores
+    tps = np.cumsum(y)[last]
+    return tps, (last + 1) - tps, score[last]
+
+
+def roc_curve(y: np.ndarray, score: np.ndarray) -> Curve:
+    """ROC of a binary problem: ``y`` is 1 for positives, ``score`` the positive class's probability.
+    ``area`` is ``None`` when one of the two classes is absent."""
+    y = np.asarray(y, dtype=np.int64)
+    score = np.asarray(score, dtype=np.float64)
+    n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
+    if len(y) == 0:
+        return Curve(np.zeros(1), np.zeros(1), np.full(1, np.inf), None)
+    tps, fps, thr = _cumulative(y, score)
+    tpr = np.r_[0.0, tps / n_pos] if n_pos else np.zeros(len(tps) + 1)
+    fpr = np.r_[0.0, fps / n_neg] if n_neg else np.zeros(len(fps) + 1)
+    area = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2)) if n_pos and n_neg else None
+    return Curve(fpr, tpr, np.r_[np.inf, thr], area)
+
+
+def pr_curve(y: np.ndarray, score: np.ndarray) -> Curve:
+    """Precision-recall curve from the highest threshold down, starting at (recall 0, precision 1);
+    ``area`` is the average precision, ``None`` without positives."""
+    y = np.asarray(y, dtype=np.int64)
+    score = np.asarray(score, dtype=np.float64)
+    n_pos = int(y.sum())
+    if n_pos == 0:
+        return Curve(np.zeros(1), np.ones(1), np.full(1, np.inf), None)
+    tps, fps, thr = _cumulative(y, score)
+    precision = tps / (tps + fps)
+    recall = tps / n_pos
+    area = float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    return Curve(np.r_[0.0, recall], np.r_[1.0, precision], np.r_[np.inf, thr], area)
+
+
+@dataclass(frozen=True)
+class BinaryMetrics:
+    """A two-class model seen as a test for ``positive``, at the served operating point.
+
+    The served prediction is the more probable class, ties to the lower index (as the server picks),
+    i.e. positive when p(positive) > ``threshold`` = 0.5 for positive class 1 (>= 0.5 for class 0).
+    Counts and rates come from those predictions; rates are ``None`` when undefined (0/0).
+    """
+
+    positive: int
+    threshold: float
+    tp: int
+    fp: int
+    tn: int
+    fn: int
+    roc: Curve
+    pr: Curve
+
+    @staticmethod
+    def _rate(num: int, den: int) -> float | None:
+        return num / den if den else None
+
+    @property
+    def sensitivity(self) -> float | None:
+        return self._rate(self.tp, self.tp + self.fn)
+
+    @property
+    def specificity(self) -> float | None:
+        return self._rate(self.tn, self.tn + self.fp)
+
+    @property
+    def ppv(self) -> float | None:
+        return self._rate(self.tp, self.tp + self.fp)
+
+    @property
+    def npv(self) -> float | None:
+        return self._rate(self.tn, self.tn + self.fn)
+
+
+def binary_metrics(probs: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, positive: int = 1) -> BinaryMetrics:
+    """Sensitivity, specificity, PPV, NPV at the served predictions, and the ROC and PR curves of
+    p(positive) (``probs`` is ``[N, 2]``)."""
+    y = (np.asarray(y_true) == positive).astype(np.int64)
+    called = np.asarray(y_pred) == positive
+    score = np.asarray(probs, dtype=np.float64).reshape(-1, 2)[:, positive]
+    tp, fp = int((called & (y == 1)).sum()), int((called & (y == 0)).sum())
+    fn, tn = int((~called & (y == 1)).sum()), int((~called & (y == 0)).sum())
+    return BinaryMetrics(positive, 0.5, tp, fp, tn, fn, roc_curve(y, score), pr_curve(y, score))
+
+
+def one_vs_rest_auc(probs: np.ndarray, y_true: np.ndarray) -> list[float | None]:
+    """ROC AUC of each class against the others from its own probability (``None`` where the class is
+    absent or is the only one present)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    y_true = np.asarray(y_true)
+    return [roc_curve((y_true == k).astype(np.int64), probs[:, k]).area for k in range(probs.shape[1])]
