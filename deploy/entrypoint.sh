@@ -95,7 +95,7 @@ serve() {
     setsid torchserve --start --foreground --ncs --ts-config "$WORKDIR/config.properties" \
         --model-store "$MODEL_STORE" --log-config "$HERE/torchserve/log4j2.xml" &
     ts=$!
-    trap 'kill -TERM -- "-$ts" 2> /dev/null || true' TERM INT
+    trap 'kill -TERM "-$ts" 2> /dev/null || true' TERM INT
     while [ ! -s "$WORKDIR/key_file.json" ]; do
         kill -0 "$ts" 2> /dev/null || break
         sleep 0.2
@@ -107,6 +107,9 @@ serve() {
     status=0
     wait "$ts" || status=$?
     while kill -0 "$ts" 2> /dev/null; do wait "$ts" || status=$?; done  # a trapped signal interrupts wait
+    # The torchserve launcher dies at once on TERM; the Java frontend and the workers shut down after it.
+    # Exiting earlier would let the container runtime kill them mid-shutdown.
+    while kill -0 "-$ts" 2> /dev/null; do sleep 0.2; done
     rm -f "$RUN_DIR/$UPSTREAM_AUTH"
     log "TorchServe exited ($status)"
     exit "$status"

@@ -63,6 +63,7 @@ class Pod:
     ports: dict[str, int]
     serve: subprocess.Popen
     proxy: subprocess.Popen
+    env: dict[str, str] = field(repr=False)
     server: Server = field(init=False)
 
     def __post_init__(self) -> None:
@@ -113,6 +114,14 @@ class Pod:
         if group is not None:
             _killpg(group, signal.SIGKILL)
         self.serve.wait(30)
+
+    def restart_torchserve(self) -> None:
+        """The kubelet restarting the TorchServe container: the same entrypoint, the same environment."""
+        if self.serve.poll() is None:
+            raise RuntimeError(f"TorchServe of {self.name} is still running")
+        with open(self.serve_log, "ab") as log:
+            self.serve = subprocess.Popen([str(ENTRYPOINT), "serve"], env=self.env, stdout=log,
+                                          stderr=subprocess.STDOUT, start_new_session=True)
 
     def kill(self) -> None:
         """A lost pod: every process of it dies at once, no graceful shutdown."""
@@ -178,7 +187,7 @@ def start_pod(name: str, root: Path, model_store: Path, token_file: Path) -> Pod
         with open(root / f"{command}.log", "wb") as log:
             procs.append(subprocess.Popen([str(ENTRYPOINT), command], env=env, stdout=log,
                                           stderr=subprocess.STDOUT, start_new_session=True))
-    return Pod(name, root, ports, *procs)
+    return Pod(name, root, ports, *procs, env=env)
 
 
 def wait_pod_ready(pod: Pod, models: list[str], timeout: float) -> None:
