@@ -7,6 +7,7 @@
 #   entrypoint.sh health [--live]  probe TorchServe's /ping with its own key (exit 0 = healthy; with --live,
 #                                  any HTTP answer counts: /ping says 500 while workers are loading)
 #   entrypoint.sh app [FLAGS]      the Gradio app (python -m gradio_app), token from CAMSERVE_TOKEN_FILE
+#   entrypoint.sh config           print the TorchServe config `serve` would use, and exit
 #
 # Environment (defaults are the pod's values):
 #   CAMSERVE_MODEL_STORE         .mar files loaded at start                 /opt/camserve/model_store
@@ -153,7 +154,8 @@ proxy() {
         -e "s|@HEALTH_PORT@|$PROXY_HEALTH_PORT|g" -e "s|@METRICS_PORT@|$PROXY_METRICS_PORT|g" \
         -e "s|@UPSTREAM_PORT@|$INFERENCE_PORT|g" -e "s|@UPSTREAM_METRICS_PORT@|$METRICS_PORT|g" \
         "$HERE/nginx/proxy.conf" > "$PROXY_DIR/nginx.conf"
-    rm -f "$PROXY_DIR/$UPSTREAM_AUTH"
+    rm -f "$PROXY_DIR/$UPSTREAM_AUTH" "$PROXY_DIR/client-auth.conf"
+    client_auth > /dev/null  # a bad token fails now, not once TorchServe is up
     log "waiting for TorchServe's key in $RUN_DIR"
     until [ -s "$RUN_DIR/$UPSTREAM_AUTH" ]; do sleep 0.2; done
     refresh_includes || true
@@ -216,5 +218,7 @@ case $command in
     proxy) proxy ;;
     health) health "$@" ;;
     app) app "$@" ;;
-    *) die "usage: entrypoint.sh serve | proxy | health [--live] | app [gradio_app flags]" ;;
+    config) check_ports INFERENCE_PORT MANAGEMENT_PORT METRICS_PORT GRPC_INFERENCE_PORT GRPC_MANAGEMENT_PORT \
+        WORKER_PORT && render_config ;;
+    *) die "usage: entrypoint.sh serve | proxy | health [--live] | app [gradio_app flags] | config" ;;
 esac
