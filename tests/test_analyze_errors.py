@@ -4,26 +4,34 @@ same checkpoint (camserve.explainer.Explainer on the same bytes)."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import csv
+import datetime as dt
+import hashlib
 import io
 import json
 import re
 from collections import Counter
 from html import escape as html_escape
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from camserve.analysis.dataset import safe_component, safe_stems
-from camserve.analysis.records import Record, RecordLog, ResumeMismatch, read_log
+from camserve.analysis.cards import CARD_SIDE, Masks, overlay
+from camserve.analysis.dataset import safe_component, safe_stems, scan
+from camserve.analysis.records import Record, RecordLog, read_log
+from camserve.analysis.remote import Servers
 from camserve.analysis.runner import run_pool, with_retries
 from camserve.checkpoint import load_checkpoint
-from camserve.errors import InvalidRequest, ServerUnavailable
+from camserve.client import Client
+from camserve.errors import InvalidRequest, ResumeMismatch, ServerError, ServerTimeout, ServerUnavailable, WorkerDied
 from camserve.explainer import Explainer
-from camserve.imaging import decode_image, preprocess
+from camserve.imaging import decode_image, decode_mask, preprocess
 from scripts import analyze_errors, archive
 from tests.conftest import CLASSES, make_checkpoint
 from tests.harness import free_port, torchserve
@@ -31,16 +39,30 @@ from tests.harness import free_port, torchserve
 # ---------------------------------------------------------------- mechanics, no server
 
 
-def test_retries_back_off_on_server_unavailable_only():
+def test_retries_back_off_on_retriable_errors_only():
     calls, sleeps = [], []
 
     def flaky(attempt: int) -> str:
         calls.append(attempt)
-        if attempt < 2:
-            raise ServerUnavailable("503")
+        if attempt < 3:
+            raise (ServerUnavailable, WorkerDied, ServerTimeout)[attempt]("down")
         return "ok"
     assert with_retries(flaky, retries=3, backoff=0.5, sleep=sleeps.append) == "ok"
-    assert calls == [0, 1, 2] and sleeps == [0.5, 1.0]
+    assert calls == [0, 1, 2, 3] and sleeps == [0.5, 1.0, 2.0]
+    sleeps.clear()
+
+    def always(exc: Exception):
+        def call(attempt: int) -> str:
+            calls.append(attempt)
+            raise exc
+        return call
+    calls.clear()
+    with pytest.raises(ServerError):  # a plain 500: the handler failed on this input, not retried
+        with_retries(always(ServerError("boom")), retries=3, backoff=0.1, sleep=sleeps.append)
+    assert calls == [0] and sleeps == []
+    with pytest.raises(WorkerDied):
+        with_retries(always(WorkerDied("again")), retries=2, backoff=20.0, sleep=sleeps.append)
+    assert sleeps == [20.0, 30.0]  # doubled, capped at 30 s
     with pytest.raises(ServerUnavailable):
         with_retries(lambda a: flaky(-1), retries=2, backoff=0.1, sleep=sleeps.append)
     calls.clear()
@@ -54,7 +76,7 @@ def test_retries_back_off_on_server_unavailable_only():
 
 
 def test_retry_moves_to_the_next_server():
-    servers = analyze_errors.Servers(["http://a", "http://b", "http://c"], ["t"] * 3, 1.0)
+    servers = Servers(["http://a", "http://b", "http://c"], ["t"] * 3, 1.0)
     first = servers.client(0).url
     assert servers.client(1).url != first and servers.client(3).url == first
 
@@ -76,6 +98,24 @@ def test_safe_names_cannot_escape_the_output_dir():
         assert re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*", name) and ".." not in name.split("/"), name
     stems = safe_stems(["A/x.png", "B/x.png", "A/y.png"])
     assert stems["A/y.png"] == "y" and len({stems["A/x.png"], stems["B/x.png"]}) == 2
+
+
+def test_scan_never_follows_a_link_out_of_or_back_into_the_data_folder(tmp_path: Path):
+    data, outside = tmp_path / "data", tmp_path / "outside"
+    (data / "COVID").mkdir(parents=True)
+    (data / "Normal").mkdir()
+    outside.mkdir()
+    (data / "COVID" / "a.png").write_bytes(b"a")
+    (data / "Normal" / "b.png").write_bytes(b"b")
+    (outside / "c.png").write_bytes(b"c")
+    (data / "COVID" / "loop").symlink_to("..")  # a loop: would list the tree again and again
+    (data / "Normal" / "away").symlink_to(outside)
+    (data / "Normal" / "c.png").symlink_to(outside / "c.png")
+    (data / "Normal" / "same.png").symlink_to(data / "COVID" / "a.png")
+    scanned = scan(data, CLASSES)
+    assert [(it.rel, it.label) for it in scanned.items] == [("COVID/a.png", "COVID"), ("Normal/b.png", "Normal")]
+    assert [(f.rel, f.stage) for f in sorted(scanned.failures, key=lambda f: f.rel)] == [
+        ("COVID/loop", "link"), ("Normal/away", "link"), ("Normal/c.png", "link"), ("Normal/same.png", "link")]
 
 
 def test_record_log_resume_cuts_a_torn_line_and_checks_the_header(tmp_path: Path):
@@ -162,7 +202,8 @@ def served(tmp_path_factory, centroid_checkpoint: Path):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> tuple[Path, Path, dict[str, bytes], dict[str, bytes]]:
     """18 images (one with a space in its name, one in a subfolder), masks for all but one, plus a
-    corrupt PNG, a text file, a folder the model has no class for and a file outside any class folder."""
+    corrupt PNG, a text file, a folder the model has no class for, a file outside any class folder and
+    a link back to the top of the tree."""
     root = tmp_path_factory.mktemp("dataset")
     data, masks = root / "data", root / "masks"
     images, mask_bytes = {}, {}
@@ -186,11 +227,12 @@ def dataset(tmp_path_factory) -> tuple[Path, Path, dict[str, bytes], dict[str, b
     (data / "Other").mkdir()
     (data / "Other" / "o1.png").write_bytes(images["COVID/c2.png"])
     (data / "README.md").write_text("dataset notes")
+    (data / "COVID" / "loop").symlink_to("..")  # a link back into the tree: never followed
     return data, masks, images, mask_bytes
 
 
 EXPECTED_FAILURES = {("COVID/corrupt.png", "decode"), ("Normal/notes.txt", "decode"), ("Other/o1.png", "label"),
-                     ("README.md", "scan")}
+                     ("README.md", "scan"), ("COVID/loop", "link")}
 
 
 @pytest.fixture(scope="module")
@@ -216,19 +258,44 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+@pytest.fixture(scope="module")
+def report(served, dataset, tmp_path_factory) -> SimpleNamespace:
+    """One full run (two URLs of the same server, 6 in flight, figures, maps of the top 3 errors), with
+    every request the client sent recorded."""
+    out = tmp_path_factory.mktemp("report") / "out"
+    calls: list[tuple[bytes, bool, dict]] = []
+    original = Client.explain
+
+    def spy(self, model, image, mask=None, **options):
+        calls.append((image, mask is not None, dict(options)))
+        return original(self, model, image, mask, **options)
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+        patch.setattr(Client, "explain", spy)
+        rc = run(served, dataset, out, "--url", served.url, "--concurrency", "6", "--visualize", "--gradcam",
+                 "--top-k", "3")
+    return SimpleNamespace(rc=rc, out=out, printed=printed.getvalue(), calls=calls,
+                           html=(out / "report.html").read_text(encoding="utf-8"),
+                           summary=json.loads((out / "error_summary.json").read_text()))
+
+
+def top_errors(reference, k: int = 3) -> list[str]:
+    conf = {rel: max(p) for rel, (_, p, _) in reference.items()}
+    wrong = [rel for rel, (pred, _, _) in reference.items() if pred != rel.split("/")[0]]
+    return sorted(wrong, key=lambda r: (-conf[r], r))[:k]
+
+
 @pytest.mark.integration
-def test_report_matches_the_in_process_model(served, dataset, reference, tmp_path: Path, capsys):
-    out = tmp_path / "out"
-    rc = run(served, dataset, out, "--url", served.url, "--concurrency", "6", "--visualize", "--gradcam",
-             "--top-k", "3")
-    assert rc == 1  # some files could not be analysed
-    printed = capsys.readouterr().out
+def test_report_matches_the_in_process_model(report, reference):
+    out = report.out
+    assert report.rc == 1  # some files could not be analysed
 
     rows = {r["path"]: r for r in read_csv(out / "predictions.csv")}
-    assert set(rows) == set(reference)
+    assert set(rows) == set(reference)  # the link loop added nothing
     for rel, (pred, probs, focus) in reference.items():
         assert rows[rel]["pred_label"] == pred, rel
         np.testing.assert_allclose([float(rows[rel][f"p_{c}"]) for c in CLASSES], probs, atol=1e-6, rtol=0)
+        assert float(rows[rel]["label_quality"]) == pytest.approx(probs[CLASSES.index(rel.split("/")[0])], abs=1e-6)
         if focus is None:  # no mask, or a map with no positive evidence
             assert rows[rel]["focus_score"] == "", rel
         else:
@@ -241,16 +308,16 @@ def test_report_matches_the_in_process_model(served, dataset, reference, tmp_pat
     confusion = json.loads((out / "confusion_analysis.json").read_text())
     assert confusion["matrix"] == [[expected[(t, p)] for p in CLASSES] for t in CLASSES]
 
-    summary = json.loads((out / "error_summary.json").read_text())
+    summary = report.summary
     n_err = sum(n for (t, p), n in expected.items() if t != p)
-    assert (summary["total_samples"], summary["total_errors"], summary["failed"]) == (18, n_err, 4)
+    assert (summary["total_samples"], summary["total_errors"], summary["failed"]) == (18, n_err, 5)
     assert summary["unknown_class_folders"] == ["Other"] and summary["calibration"]["n_bins"] == 15
-    assert summary["focus_score"]["masks"] == {"missing": 1, "ok": 17}
+    assert summary["focus_score"]["masks"] == {"missing": 1, "ok": 17} and summary["gradcam_failed"] == 0
     assert {(f["path"], f["stage"]) for f in read_csv(out / "failures.csv")} == EXPECTED_FAILURES
-    assert f"Total samples: 18\nTotal errors: {n_err} ({100 * n_err / 18:.1f}%)" in printed
+    assert f"Total samples: 18\nTotal errors: {n_err} ({100 * n_err / 18:.1f}%)" in report.printed
 
+    top3 = top_errors(reference)
     conf = {rel: max(p) for rel, (_, p, _) in reference.items()}
-    top3 = sorted((rel for rel in reference if reference[rel][0] != truth[rel]), key=lambda r: (-conf[r], r))[:3]
     stems = {"COVID/x ray (1).png": "x_ray_1"}
     want = {f"{truth[r]}_as_{reference[r][0]}/{stems.get(r, Path(r).stem)}_conf{conf[r]:.2f}_gradcam.png"
             for r in top3}
@@ -260,13 +327,131 @@ def test_report_matches_the_in_process_model(served, dataset, reference, tmp_pat
     assert [d["path"] for d in details[:3]] == top3 and all(d["gradcam"] for d in details[:3])
     assert len(list((out / "figures" / "misclassified").rglob("*.png"))) == n_err
 
-    html = (out / "report.html").read_text()
-    for name in ("error_distribution", "confidence_histogram", "confusion_matrix", "reliability_diagram",
-                 "focus_scores"):
+    html = report.html
+    figures = ("error_distribution", "confidence_histogram", "confusion_matrix", "reliability_diagram",
+               "roc_one_vs_rest", "focus_scores")
+    for name in figures:
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000
         assert f'alt="{name}" src="data:image/png;base64,' in html
-    assert html.count("data:image/png;base64,") == 5 + 2 * 3  # figures + thumbnail and heatmap per error
+    assert html.count('class="fig"') == len(figures) and html.count('<div class="card">') == 3
     assert 'src="http' not in html and all(html_escape(r) in html for r in top3)
+
+
+@pytest.mark.integration
+def test_requests_ask_only_for_what_is_used(report, dataset):
+    _, masks, images, _ = dataset
+    by_bytes = {png: rel for rel, png in images.items()}
+    sent = [(by_bytes[image], has_mask, options) for image, has_mask, options in report.calls if image in by_bytes]
+    predictions = [(rel, has_mask, o) for rel, has_mask, o in sent if "target" not in o]
+    maps = [(rel, o) for rel, _, o in sent if "target" in o]
+    assert sorted(rel for rel, _, _ in predictions) == sorted(images)  # one prediction per image, no retry
+    for rel, has_mask, options in predictions:  # a mask needs the map for its focus score; no image ever
+        assert options["images"] == "none" and options["explain"] == "gradcam" and has_mask == (rel != "COVID/c1.png")
+    assert [rel for rel, _ in sorted(maps)] == sorted(top_errors_of(report))
+    for rel, options in maps:  # one request for both maps of an error
+        pred, true = report_classes(report, rel)
+        assert options["target"] == f"{CLASSES.index(pred)},{CLASSES.index(true)}" and options["images"] == "none"
+
+
+def top_errors_of(report) -> list[str]:
+    return [c["path"] for c in report.summary["most_confident_errors"]]
+
+
+def report_classes(report, rel: str) -> tuple[str, str]:
+    row = next(c for c in report.summary["most_confident_errors"] if c["path"] == rel)
+    return row["pred"], row["true"]
+
+
+@pytest.mark.integration
+def test_headline_agrees_with_the_csvs(report):
+    rows = read_csv(report.out / "predictions.csv")
+    n = len(rows)
+    right = sum(r["true_label"] == r["pred_label"] for r in rows)
+    pairs = Counter((r["true_label"], r["pred_label"]) for r in rows if r["true_label"] != r["pred_label"])
+    (t, p), count = sorted(pairs.items(), key=lambda kv: (-kv[1], CLASSES.index(kv[0][0]), CLASSES.index(kv[0][1])))[0]
+    support = {c: sum(r["true_label"] == c for r in rows) for c in CLASSES}
+    recall = {c: sum(r["pred_label"] == c for r in rows if r["true_label"] == c) / support[c] for c in CLASSES}
+    worst = min(CLASSES, key=lambda c: (recall[c], c))
+    conf = np.array([float(r["confidence"]) for r in rows])
+    ok = np.array([r["true_label"] == r["pred_label"] for r in rows])
+    edges = np.linspace(0, 1, 16)
+    ece = 0.0
+    for b in range(15):  # the last bin is closed on the right
+        inside = (conf >= edges[b]) & ((conf < edges[b + 1]) if b < 14 else (conf <= 1.0))
+        if inside.any():
+            ece += inside.mean() * abs(ok[inside].mean() - conf[inside].mean())
+    focus = np.array([float(r["focus_score"]) if r["focus_score"] else np.nan for r in rows])
+
+    lines = report.summary["headline"]
+    assert 3 <= len(lines) <= 5
+    assert lines[0] == (f"centroid got {right} of {n} images right ({100 * right / n:.1f}%; balanced accuracy "
+                        f"{100 * np.mean(list(recall.values())):.1f}%), and 5 files could not be analysed "
+                        "(failures.csv).")
+    missed = support[worst] - round(recall[worst] * support[worst])
+    assert lines[1] == (f"The largest confusion is {t}→{p}: {count} of {n - right} errors "
+                        f"({100 * count / (n - right):.1f}%); the weakest class is {worst} (recall "
+                        f"{100 * recall[worst]:.1f}%, {missed} of {support[worst]} missed).")
+    assert lines[2].startswith(f"Calibration: ECE {ece:.3f} over 15 bins")
+    right_median = np.nanmedian(focus[ok])
+    assert lines[3].startswith(f"The maps put a median share of their weight inside the mask of {right_median:.2f} "
+                               "when right")
+    assert all(html_escape(line) in report.html for line in lines)
+
+
+@pytest.mark.integration
+def test_provenance_names_model_data_command_and_servers(report, served, dataset):
+    data, masks, images, _ = dataset
+    prov = json.loads((report.out / "provenance.json").read_text())
+    info = served.client().describe("centroid")
+    assert prov["model"] == {"name": "centroid", "version": info.version, "arch": "resnet18", "classes": CLASSES,
+                             "layer": info.layer, "input_size": 64}
+    assert (prov["data_dir"], prov["masks_dir"], prov["lesion_masks_dir"]) == (str(data.resolve()),
+                                                                                str(masks.resolve()), None)
+    assert prov["servers"] == [served.url, served.url] and prov["method"] == "gradcam"
+    assert prov["images"] == {"files": 23, "analysed": 18, "failed": 5}
+    listed = sorted([*images, "COVID/corrupt.png", "Normal/notes.txt", "Other/o1.png", "README.md", "COVID/loop"])
+    assert prov["file_list_sha256"] == hashlib.sha256("\n".join(listed).encode()).hexdigest()
+    assert "--model centroid" in prov["command"] and str(served.key_file) in prov["command"]
+    created = dt.datetime.fromisoformat(prov["created"])
+    assert dt.timedelta(0) <= dt.datetime.now(dt.UTC) - created < dt.timedelta(hours=1)
+    for value in (prov["file_list_sha256"], html_escape(str(data.resolve())), prov["created"]):
+        assert value in report.html
+
+
+@pytest.mark.integration
+def test_error_cards_carry_the_predicted_and_the_true_class_maps(report, dataset, centroid_checkpoint):
+    _, _, images, masks = dataset
+    ex = Explainer.from_checkpoint(centroid_checkpoint, "centroid")
+    cards = report.html.split('<div class="card">')[1:]
+    assert len(cards) == 3
+    for card, rel in zip(cards, top_errors_of(report), strict=True):
+        pred, true = report_classes(report, rel)
+        pictures = re.findall(r'<figure><figcaption>(.*?)</figcaption><img class="map" alt="[^"]*" '
+                              r'src="data:image/png;base64,([^"]+)">', card)
+        assert [title for title, _ in pictures] == ["image", f"gradcam: predicted {pred}", f"gradcam: true {true}"]
+        image = decode_image(images[rel])
+        shown = {}
+        for cls, (_, b64) in zip((pred, true), pictures[1:], strict=True):
+            exp = ex.handle([{"data": images[rel], "explain": b"gradcam",
+                              "target": str(CLASSES.index(cls)).encode()}])[0].explanation
+            want = overlay(image, exp, "jet", 0.5, CARD_SIDE)
+            if rel in masks:
+                want = Masks(roi=decode_mask(masks[rel], image.size)).outline(want)
+            got = np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"), dtype=int)
+            assert got.shape == np.asarray(want).shape and np.abs(got - np.asarray(want, dtype=int)).max() <= 2, cls
+            shown[cls] = got
+        assert np.abs(shown[pred] - shown[true]).max() > 50  # two different maps, not one shown twice
+        assert "p(true class)" in card and "raw map maximum (cam_max)" in card
+
+
+@pytest.mark.integration
+def test_one_vs_rest_auc_equals_a_pairwise_count(report):
+    rows = read_csv(report.out / "predictions.csv")
+    for c in CLASSES:
+        pos = [float(r[f"p_{c}"]) for r in rows if r["true_label"] == c]
+        neg = [float(r[f"p_{c}"]) for r in rows if r["true_label"] != c]
+        wins = sum((p > q) + 0.5 * (p == q) for p in pos for q in neg) / (len(pos) * len(neg))
+        assert abs(report.summary["one_vs_rest"]["roc_auc"][c] - wins) <= 1e-9
 
 
 @pytest.mark.integration

@@ -1,64 +1,40 @@
-"""scripts/analyze_errors.py --tabular: each image's clinical fields travel with its requests.
+"""scripts/analyze_errors.py --tabular: each image's clinical fields travel with its requests, and the
+report of a binary model.
 
-The CSV reader is checked alone; then a tiny multimodal model is analysed through a real TorchServe and
-every probability is compared with an in-process ``Explainer`` given the same fields (an image without a
-row: none of them)."""
+A tiny multimodal single-logit model is analysed through a real TorchServe and every probability is
+compared with an in-process ``Explainer`` given the same fields (an image without a row: none of them).
+The CSV reader itself is tested in test_clinical_table.py."""
 
 from __future__ import annotations
 
 import csv
 import json
+import re
+from html import escape as html_escape
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from camserve import client as client_module
-from camserve.analysis.clinical import ClinicalError, load_table
 from camserve.checkpoint import load_model_class
 from camserve.errors import InvalidRequest
 from camserve.explainer import Explainer
 from camserve.tabular import TabularSchema
-from scripts import analyze_errors, archive, make_thyroid_phantoms
-from scripts.train_thyroid import MODEL_FILE
+from scripts import analyze_errors, archive
+from scripts.demo import thyroid_phantoms
+from scripts.demo.train_thyroid import MODEL_FILE
 from tests.harness import torchserve
 
-FEATURES = list(make_thyroid_phantoms.FEATURES)
-
-# ---------------------------------------------------------------- the CSV, no server
+FEATURES = list(thyroid_phantoms.FEATURES)
 
 
 def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return path
-
-
-def test_csv_paths_are_relative_to_the_data_dir_or_the_root(tmp_path: Path) -> None:
-    data = tmp_path / "set" / "test"
-    text = ("path,age,sex\n"
-            "test/benign/a.png,61,F\n"
-            "test\\malignant\\b.png,,M\n"  # Windows separators, an empty cell
-            "train/benign/c.png,40,F\n"  # another split: outside the data dir
-            ",,\n")  # blank lines are skipped
-    table = load_table(write(tmp_path / "set" / "clinical.csv", text), data, FEATURES, root=tmp_path / "set")
-    assert table.rows == {"benign/a.png": {"age": "61", "sex": "F"}, "malignant/b.png": {"sex": "M"}}
-    assert table.outside == 1 and table.columns == ("age", "sex") and table.fields("benign/x.png") is None
-    direct = load_table(write(tmp_path / "direct.csv", "\ufeffpath,age\nbenign/a.png,61\n"), data, FEATURES)
-    assert direct.fields("benign/a.png") == {"age": "61"}  # relative to --data-dir; a BOM is fine
-
-
-@pytest.mark.parametrize("text,match", [
-    ("image,age\na.png,3\n", "needs a 'path' column"),
-    ("path,weight\na.png,70\n", "column 'weight' is not a clinical field"),
-    ("path,age\na.png,3\n./a.png,4\n", "lines 2 and 3 are both for 'a.png'"),
-    ("path,age\na.png,3,4\n", "line 2: 3 cells for 2 columns"),
-    ("path,age\n../elsewhere.png,3\n,4\n", "line 3: empty 'path'"),
-])
-def test_csv_errors_name_the_problem(tmp_path: Path, text: str, match: str) -> None:
-    with pytest.raises(ClinicalError, match=match):
-        load_table(write(tmp_path / "c.csv", text), tmp_path, FEATURES)
 
 
 # ---------------------------------------------------------------- end to end
@@ -70,8 +46,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path):
     random multimodal model (its clinical branch amplified so fields matter) served beside ``tiny``."""
     root = tmp_path_factory.mktemp("tabular")
     data = root / "thyroid"
-    assert make_thyroid_phantoms.main(["--out", str(data), "--n-train", "2", "--n-val", "1", "--n-test", "8",
-                                       "--size", "64", "--seed", "2"]) == 0
+    assert thyroid_phantoms.main(["--out", str(data), "--n-train", "2", "--n-val", "1", "--n-test", "8",
+                                  "--size", "64", "--seed", "2"]) == 0
     schema = json.loads((data / "schema.json").read_text())
     with open(data / "clinical.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -127,23 +103,31 @@ def in_process(setup) -> dict[str, object]:
     return out
 
 
-@pytest.mark.integration
-def test_analysis_sends_each_images_fields(setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(scope="module")
+def analysed(setup, tmp_path_factory) -> SimpleNamespace:
+    """One run with figures and the maps of the top 3 errors, every request recorded."""
     calls: list[tuple[bytes, dict]] = []
     original = client_module.Client.explain
 
     def spy(self, model, image, mask=None, **options):
         calls.append((image, options))
         return original(self, model, image, mask, **options)
-    monkeypatch.setattr(client_module.Client, "explain", spy)
-    out = tmp_path / "out"
-    assert run(setup, out, "--gradcam", "--top-k", "3") == 1  # the invalid value fails one image
-    monkeypatch.undo()
-
-    reference = in_process(setup)
-    assert isinstance(reference[setup["invalid"]], InvalidRequest)
+    out = tmp_path_factory.mktemp("tab") / "out"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(client_module.Client, "explain", spy)
+        rc = run(setup, out, "--gradcam", "--top-k", "3", "--visualize")
     with open(out / "predictions.csv", newline="") as fh:
         rows = {r["path"]: r for r in csv.DictReader(fh)}
+    return SimpleNamespace(rc=rc, out=out, calls=calls, rows=rows, reference=in_process(setup),
+                           summary=json.loads((out / "error_summary.json").read_text()),
+                           html=(out / "report.html").read_text(encoding="utf-8"))
+
+
+@pytest.mark.integration
+def test_analysis_sends_each_images_fields(setup, analysed) -> None:
+    out, rows, reference = analysed.out, analysed.rows, analysed.reference
+    assert analysed.rc == 1  # the invalid value fails one image
+    assert isinstance(reference[setup["invalid"]], InvalidRequest)
     assert set(rows) == set(reference) - {setup["invalid"]}
     for rel, row in rows.items():
         want = reference[rel].probabilities
@@ -160,23 +144,78 @@ def test_analysis_sends_each_images_fields(setup, tmp_path: Path, monkeypatch: p
     with open(out / "failures.csv", newline="") as fh:
         failures = list(csv.DictReader(fh))
     assert [(f["path"], f["stage"]) for f in failures] == [(setup["invalid"], "request")]
-    assert "clinical field 'sex'" in failures[0]["reason"]
-    summary = json.loads((out / "error_summary.json").read_text())
+    reason = failures[0]["reason"]
+    assert reason.startswith("InvalidRequest (400): ") and "clinical field 'sex'" in reason
     n = len(reference)
-    assert summary["clinical_fields"] == {"csv": str(setup["root"] / "clinical.csv"), "images_with_row": n - 2,
-                                          "images_without_row": 1, "csv_rows_outside_data_dir": 3}
+    assert analysed.summary["clinical_fields"] == {"csv": str(setup["root"] / "clinical.csv"),
+                                                   "images_with_row": n - 2, "images_without_row": 1,
+                                                   "csv_rows_outside_data_dir": 3}
 
     by_bytes = {p.read_bytes(): p.relative_to(setup["data"] / "test").as_posix()
                 for p in (setup["data"] / "test").rglob("*.png")}
-    sent = [(by_bytes[image], options) for image, options in calls if image in by_bytes]  # not describe()'s
-    heatmaps = [rel for rel, options in sent if options.get("explain") == "gradcam"]
-    assert heatmaps and len(sent) == n + len(heatmaps)
-    for rel, options in sent:  # predictions and heatmaps alike carry the image's own fields
+    sent = [(by_bytes[image], options) for image, options in analysed.calls
+            if image in by_bytes]  # not describe()'s blank image
+    maps = [rel for rel, options in sent if "target" in options]
+    assert len(maps) == min(3, analysed.summary["total_errors"]) and len(sent) == n + len(maps)
+    for rel, options in sent:  # predictions and maps alike carry the image's own fields, and ask for no image
+        assert options["images"] == "none" and options["explain"] == ("gradcam" if "target" in options else "none")
         fields = setup["fields"].get(rel)
         if fields:
             assert json.loads(options["clinical"]) == fields, rel
         else:
             assert "clinical" not in options, rel
+
+
+def pairwise_auc(pos: list[float], neg: list[float]) -> float:
+    """P(a positive outscores a negative), ties one half: every pair counted."""
+    return sum((p > q) + 0.5 * (p == q) for p in pos for q in neg) / (len(pos) * len(neg))
+
+
+@pytest.mark.integration
+def test_binary_report_auc_threshold_metrics_and_headline(setup, analysed) -> None:
+    rows, summary = analysed.rows, analysed.summary
+    truth = {rel: rel.split("/")[0] for rel in rows}
+    pos = [float(r["p_malignant"]) for rel, r in rows.items() if truth[rel] == "malignant"]
+    neg = [float(r["p_malignant"]) for rel, r in rows.items() if truth[rel] == "benign"]
+    assert pos and neg
+    b = summary["binary"]
+    assert abs(b["roc_auc"] - pairwise_auc(pos, neg)) <= 1e-9
+    here = analysed.reference  # the in-process model's probabilities give the same AUC
+    assert abs(b["roc_auc"] - pairwise_auc(
+        [here[r].probabilities["malignant"] for r in rows if truth[r] == "malignant"],
+        [here[r].probabilities["malignant"] for r in rows if truth[r] == "benign"])) <= 1e-9
+    called = {rel: r["pred_label"] == "malignant" for rel, r in rows.items()}
+    for rel, r in rows.items():  # the served prediction is the threshold p > 0.5
+        assert called[rel] == (float(r["p_malignant"]) > 0.5), rel
+    tp = sum(called[r] and truth[r] == "malignant" for r in rows)
+    fn = sum(not called[r] and truth[r] == "malignant" for r in rows)
+    tn = sum(not called[r] and truth[r] == "benign" for r in rows)
+    fp = sum(called[r] and truth[r] == "benign" for r in rows)
+    assert (b["positive"], b["threshold"], b["tp"], b["fn"], b["tn"], b["fp"]) == ("malignant", 0.5, tp, fn, tn, fp)
+    assert b["sensitivity"] == pytest.approx(tp / (tp + fn), abs=1e-6)
+    assert b["specificity"] == pytest.approx(tn / (tn + fp), abs=1e-6)
+    assert summary["topk_accuracy"] == {"1": summary["accuracy"]} and "one_vs_rest" not in summary
+    sentence = next(line for line in summary["headline"] if line.startswith("As a test for malignant"))
+    assert sentence == (f"As a test for malignant at the served threshold (p > 0.5): sensitivity "
+                        f"{100 * tp / (tp + fn):.1f}% ({tp} of {tp + fn}), specificity {100 * tn / (tn + fp):.1f}% "
+                        f"({tn} of {tn + fp}), ROC AUC {pairwise_auc(pos, neg):.3f}.")
+    assert "top-2 accuracy" not in analysed.html and "ROC AUC" in analysed.html
+    assert (analysed.out / "figures" / "roc_pr.png").stat().st_size > 1000 and 'alt="roc_pr"' in analysed.html
+
+
+@pytest.mark.integration
+def test_binary_error_cards_show_both_maps_and_the_clinical_values(setup, analysed) -> None:
+    errors = [c["path"] for c in analysed.summary["most_confident_errors"]]
+    cards = analysed.html.split('<div class="card">')[1:]
+    assert len(cards) == len(errors) >= 1
+    for card, rel in zip(cards, errors, strict=True):
+        pred = analysed.rows[rel]["pred_label"]
+        true = rel.split("/")[0]
+        titles = re.findall(r"<figure><figcaption>(.*?)</figcaption>", card)
+        assert titles == ["image", f"gradcam: predicted {pred}", f"gradcam: true {true}"]
+        fields = setup["fields"].get(rel, {})
+        shown = ", ".join(f"{k}={html_escape(v)}" for k, v in fields.items()) or "none sent (every field missing)"
+        assert f"clinical: {shown}</p>" in card
 
 
 @pytest.mark.integration

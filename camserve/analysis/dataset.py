@@ -1,33 +1,45 @@
 """The ImageFolder tree to analyse: one folder per class, every file accounted for.
 
-Every non-hidden file under the data directory becomes either an :class:`Item` to send or a
-:class:`Failure` saying why not (outside any class folder, or in a folder the model has no class for).
-Non-image files are not filtered by extension here: they are decoded and reported like corrupt images.
+The tree is listed with :func:`camserve.folders.walk`, which never follows a link out of the folder
+or back into it. Every non-hidden file becomes either an :class:`Item` to send or a :class:`Failure`
+saying why not (a link that was not followed, outside any class folder, or in a folder the model has
+no class for). Non-image files are not filtered by extension here: they are decoded and reported like
+corrupt images.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+
+from camserve.folders import match_class, sha256_text, walk
 
 
 @dataclass(frozen=True)
 class Item:
-    """One file to send: ``rel`` is its POSIX path under the data dir, ``label`` the model's class name."""
+    """One file to send.
+
+    Attributes:
+        rel: Its POSIX path under the data folder.
+        path: The file.
+        label: The model's class name its folder stands for.
+        mask: Its region-of-interest mask (``--masks-dir``), if any.
+        lesion: Its lesion mask (``--lesion-masks``), if any.
+    """
 
     rel: str
     path: Path
     label: str
     mask: Path | None = None
+    lesion: Path | None = None
 
 
 @dataclass(frozen=True)
 class Failure:
-    """A file that got no prediction (or no heatmap), and why. ``stage``: scan, label, read, decode,
+    """A file that got no prediction (or no map), and why. ``stage``: link, scan, label, read, decode,
     request or gradcam."""
 
     rel: str
@@ -37,27 +49,21 @@ class Failure:
 
 @dataclass(frozen=True)
 class Scan:
+    """The listed tree.
+
+    Attributes:
+        items: The files to send, sorted by path.
+        failures: The files that cannot be sent, and the links that were not followed.
+        unknown_folders: Class folders the model has no class for.
+        masks_found: Items with a region-of-interest mask.
+        file_list_sha256: SHA-256 of every listed path (items and failures), sorted, one per line.
+    """
+
     items: list[Item]
     failures: list[Failure]
-    unknown_folders: list[str]  # class folders the model has no class for
+    unknown_folders: list[str]
     masks_found: int
-
-
-def match_class(folder: str, classes: Sequence[str]) -> str | None:
-    """The model class a folder stands for: exact name, else a unique case-insensitive match."""
-    if folder in classes:
-        return folder
-    folded = [c for c in classes if c.lower() == folder.lower()]
-    return folded[0] if len(folded) == 1 else None
-
-
-def _files(root: Path) -> Iterable[Path]:
-    """Every non-hidden file under ``root``, in a stable order (hidden dirs are not entered)."""
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if not name.startswith("."):
-                yield Path(dirpath) / name
+    file_list_sha256: str = ""
 
 
 def find_mask(masks_dir: Path | None, rel: str) -> Path | None:
@@ -80,13 +86,14 @@ def glob_escape(text: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", text)
 
 
-def scan(data_dir: Path, classes: Sequence[str], masks_dir: Path | None = None) -> Scan:
+def scan(data_dir: Path, classes: Sequence[str], masks_dir: Path | None = None,
+         lesions_dir: Path | None = None) -> Scan:
     """List the tree against the model's classes (sorted by relative path)."""
+    listed = walk(data_dir)
     items: list[Item] = []
-    failures: list[Failure] = []
+    failures = [Failure(s.rel, "link", s.reason) for s in listed.skipped]
     unknown: set[str] = set()
-    for path in _files(data_dir):
-        rel = path.relative_to(data_dir).as_posix()
+    for rel in listed.files:
         parts = rel.split("/")
         if len(parts) < 2:
             failures.append(Failure(rel, "scan", "not inside a class folder (expected DATA_DIR/CLASS/image)"))
@@ -97,9 +104,10 @@ def scan(data_dir: Path, classes: Sequence[str], masks_dir: Path | None = None) 
             failures.append(Failure(rel, "label", f"folder {parts[0]!r} is not a class of the served model "
                                                   f"(classes: {', '.join(classes)})"))
             continue
-        items.append(Item(rel, path, label, find_mask(masks_dir, rel)))
+        items.append(Item(rel, data_dir / rel, label, find_mask(masks_dir, rel), find_mask(lesions_dir, rel)))
     found = sum(item.mask is not None for item in items)
-    return Scan(items, failures, sorted(unknown), found)
+    digest = sha256_text("\n".join(sorted([*listed.files, *(s.rel for s in listed.skipped)])))
+    return Scan(items, failures, sorted(unknown), found, digest)
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

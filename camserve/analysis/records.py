@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from camserve.errors import ResumeMismatch
+
 log = logging.getLogger(__name__)
 FORMAT = "camserve-analysis/1"
 
@@ -28,7 +30,10 @@ class Record:
     or ``None`` when no masks directory was given; ``focus`` is the server's focus score.
     ``stage``/``reason`` say why a ``failed`` record has no prediction. ``clinical`` is ``"row"`` (sent
     with the fields of its ``--tabular`` CSV row), ``"no_row"`` (sent with every field missing), or
-    ``None`` when no CSV was given.
+    ``None`` when no CSV was given. ``lesion`` is the lesion mask's status (``"ok"``, ``"empty"``,
+    ``"missing"``, ``"unreadable"``, or ``None`` without ``--lesion-masks``); ``hit`` (pointing game) and
+    ``lesion_focus`` are computed from the predicted class's map where the mask is ``"ok"``.
+    ``faithfulness`` holds the server's ``average_drop``, ``increase`` and ``deletion_drop`` when asked.
     """
 
     path: str
@@ -41,6 +46,10 @@ class Record:
     stage: str | None = None
     reason: str | None = None
     clinical: str | None = None
+    lesion: str | None = None
+    hit: bool | None = None
+    lesion_focus: float | None = None
+    faithfulness: dict[str, float] | None = None
 
     @property
     def ok(self) -> bool:
@@ -52,10 +61,6 @@ class Record:
 
     def to_json(self) -> str:
         return json.dumps({k: v for k, v in asdict(self).items() if v is not None}, separators=(",", ":"))
-
-
-class ResumeMismatch(ValueError):
-    """The existing ``predictions.jsonl`` belongs to another model, class list or data set."""
 
 
 def read_log(path: Path) -> tuple[dict[str, Any] | None, list[Record], int]:
@@ -73,7 +78,8 @@ def read_log(path: Path) -> tuple[dict[str, Any] | None, list[Record], int]:
             else:
                 records.append(Record(**obj))
         except (ValueError, TypeError) as exc:
-            raise ResumeMismatch(f"{path} line {n + 1} is not a result record ({exc}); run without --resume") from exc
+            raise ResumeMismatch(f"{path.name} line {n + 1} is not a result record ({type(exc).__name__}); "
+                                 "run without --resume") from exc
     return meta, records, end
 
 
@@ -93,7 +99,10 @@ class RecordLog:
         if resume and path.exists():
             old_meta, self.records, end = read_log(path)
             if old_meta != meta:
-                raise ResumeMismatch(f"{path} was written for {old_meta}, not {meta}; run without --resume")
+                changed = sorted(k for k in {**(old_meta or {}), **meta}
+                                 if (old_meta or {}).get(k) != meta.get(k))
+                raise ResumeMismatch(f"{path.name} was written with another {', '.join(changed)}: "
+                                     "run without --resume (or with the same settings)")
             with open(path, "r+b") as fh:
                 fh.truncate(end)  # drop a line torn by a crash
             self._fh: IO[str] = open(path, "a", encoding="utf-8")

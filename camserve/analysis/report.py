@@ -1,7 +1,7 @@
-"""The analysed results as arrays, and the JSON / CSV outputs computed from them.
+"""The JSON / CSV outputs computed from the analysed results.
 
-Everything here is a function of the latest record per image (sorted by path), so an interrupted and
-resumed run writes the same files as an uninterrupted one.
+Everything here is a function of :class:`~camserve.analysis.results.Analysis` (the latest record per
+image, sorted by path), so an interrupted and resumed run writes the same files as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -10,102 +10,24 @@ import csv
 import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from camserve.analysis import metrics as M
-from camserve.analysis.dataset import Failure, Scan
-from camserve.analysis.records import Record
+from camserve.analysis import sections
+from camserve.analysis.headline import headline
+from camserve.analysis.results import FAITHFULNESS, Analysis, grouped, mean_or_none, r6
 
 MAX_TOPK = 5
-
-
-@dataclass(frozen=True)
-class Analysis:
-    """Every analysed image (sorted by path) and every image that failed."""
-
-    classes: list[str]
-    rels: list[str]
-    y_true: np.ndarray
-    y_pred: np.ndarray
-    probs: np.ndarray
-    focus: np.ndarray  # NaN where there is no focus score
-    failures: list[Failure]
-    unknown_folders: list[str]
-    mask_status: Counter
-    clinical: tuple[str | None, ...] = ()  # per image: "row", "no_row" or None (no --tabular CSV)
-
-    @property
-    def n(self) -> int:
-        return len(self.rels)
-
-    @property
-    def correct(self) -> np.ndarray:
-        return self.y_true == self.y_pred
-
-    @property
-    def confidence(self) -> np.ndarray:
-        return self.probs[np.arange(self.n), self.y_pred] if self.n else np.zeros(0)
-
-    def errors_by_confidence(self) -> list[int]:
-        """Indices of the misclassified images, most confident first (ties by path)."""
-        wrong = np.flatnonzero(~self.correct)
-        return sorted(wrong.tolist(), key=lambda i: (-self.confidence[i], self.rels[i]))
-
-    def pair(self, i: int) -> str:
-        return f"{self.classes[self.y_true[i]]}_as_{self.classes[self.y_pred[i]]}"
-
-
-def collect(classes: Sequence[str], scanned: Scan, latest: Mapping[str, Record]) -> Analysis:
-    """Join the scan with the latest records; an item with no record counts as failed."""
-    index = {c: k for k, c in enumerate(classes)}
-    ok: list[Record] = []
-    failures = list(scanned.failures)
-    for item in scanned.items:
-        rec = latest.get(item.rel)
-        if rec is None:
-            failures.append(Failure(item.rel, "request", "no result recorded"))
-        elif rec.ok:
-            ok.append(rec)
-        else:
-            failures.append(Failure(item.rel, rec.stage or "request", rec.reason or "unknown"))
-    ok.sort(key=lambda r: r.path)
-    probs = np.array([r.probs for r in ok], dtype=np.float64).reshape(len(ok), len(classes))
-    return Analysis(
-        classes=list(classes), rels=[r.path for r in ok],
-        y_true=np.array([index[r.label] for r in ok], dtype=np.int64),
-        y_pred=np.array([index[r.pred] for r in ok], dtype=np.int64),
-        probs=probs, focus=np.array([np.nan if r.focus is None else r.focus for r in ok], dtype=np.float64),
-        failures=sorted(failures, key=lambda f: (f.rel, f.stage)), unknown_folders=list(scanned.unknown_folders),
-        mask_status=Counter(r.mask for r in ok if r.mask is not None), clinical=tuple(r.clinical for r in ok))
-
-
-def r6(x: float | None) -> float | None:
-    return None if x is None or not np.isfinite(x) else round(float(x), 6)
-
-
-def _mean(a: np.ndarray) -> float | None:
-    return r6(float(a.mean())) if len(a) else None
-
-
-def _stats(values: np.ndarray) -> dict[str, Any]:
-    v = values[np.isfinite(values)]
-    if not len(v):
-        return {"n": 0}
-    q25, med, q75 = np.percentile(v, [25, 50, 75])
-    return {"n": int(len(v)), "mean": r6(v.mean()), "median": r6(med), "q25": r6(q25), "q75": r6(q75)}
 
 
 def focus_summary(an: Analysis) -> dict[str, Any] | None:
     """Focus-score distribution by true class and by correct vs wrong, or ``None`` without scores."""
     if not np.isfinite(an.focus).any():
         return None
-    return {"by_class": {c: _stats(an.focus[an.y_true == k]) for k, c in enumerate(an.classes)},
-            "correct": _stats(an.focus[an.correct]), "wrong": _stats(an.focus[~an.correct]),
-            "masks": dict(sorted(an.mask_status.items()))}
+    return {**grouped(an, an.focus), "masks": dict(sorted(an.mask_status.items()))}
 
 
 def clinical_summary(an: Analysis) -> dict[str, int] | None:
@@ -122,8 +44,17 @@ def _image_row(an: Analysis, i: int) -> dict[str, Any]:
             "confidence": r6(an.confidence[i]), "true_probability": r6(an.probs[i, an.y_true[i]])}
 
 
-def analyse(an: Analysis, model: Mapping[str, Any], top_k: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``error_summary.json`` and ``confusion_analysis.json`` contents."""
+def analyse(an: Analysis, model: Mapping[str, Any], top_k: int, method: str = "gradcam",
+            dilate_px: int = 4) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``error_summary.json`` and ``confusion_analysis.json`` contents.
+
+    Args:
+        an: The results.
+        model: Name, version, arch and classes of the served model.
+        top_k: How many errors and label issues to list.
+        method: The CAM method of the maps (for the faithfulness section).
+        dilate_px: The pointing game's tolerance (for the localisation section).
+    """
     C = len(an.classes)
     cm = M.confusion_matrix(an.y_true, an.y_pred, C)
     pcm = M.per_class_metrics(cm)
@@ -137,11 +68,12 @@ def analyse(an: Analysis, model: Mapping[str, Any], top_k: int) -> tuple[dict[st
         "total_files": an.n + len(an.failures), "total_samples": an.n, "failed": len(an.failures),
         "failed_by_stage": dict(sorted(stages.items())), "unknown_class_folders": an.unknown_folders,
         "total_errors": len(errors), "error_rate": r6(len(errors) / an.n) if an.n else None,
-        "accuracy": _mean(an.correct.astype(float)), "balanced_accuracy": r6(M.balanced_accuracy(cm)),
-        "topk_accuracy": {str(k): r6(v) for k, v in
-                          M.topk_accuracy(an.probs, an.y_true, range(1, min(MAX_TOPK, C) + 1)).items()},
-        "mean_confidence_errors": _mean(an.confidence[~an.correct]),
-        "mean_confidence_correct": _mean(an.confidence[an.correct]),
+        "accuracy": mean_or_none(an.correct.astype(float)), "balanced_accuracy": r6(M.balanced_accuracy(cm)),
+        "topk_accuracy": {str(k): r6(v) for k, v in  # top-2 of two classes is always 1: left out
+                          M.topk_accuracy(an.probs, an.y_true, range(1, min(MAX_TOPK, C - 1 if C == 2 else C) + 1)
+                                          ).items()},
+        "mean_confidence_errors": mean_or_none(an.confidence[~an.correct]),
+        "mean_confidence_correct": mean_or_none(an.confidence[an.correct]),
         "errors_by_true_class": {c: int(cm[k].sum() - cm[k, k]) for k, c in enumerate(an.classes)},
         "top_confusion_pairs": pairs[:10],
         "per_class": {c: {"precision": r6(pcm.precision[k]), "recall": r6(pcm.recall[k]),
@@ -165,6 +97,11 @@ def analyse(an: Analysis, model: Mapping[str, Any], top_k: int) -> tuple[dict[st
         "focus_score": focus_summary(an),
         "clinical_fields": clinical_summary(an),
     }
+    extra = {"binary": sections.binary(an), "one_vs_rest": sections.one_vs_rest(an),
+             "label_quality": sections.label_quality(an, issues),
+             "localisation": sections.localisation(an, dilate_px), "faithfulness": sections.faithfulness(an, method)}
+    summary.update({k: v for k, v in extra.items() if v is not None})
+    summary["headline"] = headline(summary)
     confusion = {
         "classes": an.classes, "rows": "true class", "columns": "predicted class",
         "matrix": cm.tolist(), "normalized": [[r6(v) for v in row] for row in M.normalise_rows(cm)],
@@ -178,6 +115,23 @@ def label_issue_row(an: Analysis, issues: M.LabelIssues, i: int) -> dict[str, An
             "suggested": an.classes[issues.suggested[i]], "predicted": an.classes[an.y_pred[i]],
             "p_given": r6(an.probs[i, an.y_true[i]]), "p_suggested": r6(an.probs[i, issues.suggested[i]]),
             "margin": r6(issues.margin[i])}
+
+
+def _optional(values: np.ndarray) -> list[float | None]:
+    return [float(v) if np.isfinite(v) else None for v in values]
+
+
+def _extra_columns(an: Analysis) -> dict[str, list[Any]]:
+    """predictions.csv columns that exist only when asked for: lesion scores, faithfulness."""
+    cols: dict[str, list[Any]] = {}
+    if an.lesion_status:
+        cols["pointing_game_hit"] = [None if not np.isfinite(h) else int(h) for h in an.hit]
+        cols["lesion_focus"] = _optional(an.lesion_focus)
+    if np.isfinite(an.faithfulness).any():
+        for k, name in enumerate(FAITHFULNESS):
+            values = _optional(an.faithfulness[:, k])
+            cols[name] = [None if v is None else int(v) for v in values] if name == "increase" else values
+    return cols
 
 
 def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -196,13 +150,16 @@ def write_tables(out: Path, an: Analysis, summary: Mapping[str, Any], confusion:
     """All JSON and CSV outputs. Probabilities are written with full precision (``repr``)."""
     write_json(out / "error_summary.json", summary)
     write_json(out / "confusion_analysis.json", confusion)
-    focus = [None if not np.isfinite(f) else float(f) for f in an.focus]
+    focus = _optional(an.focus)
+    quality = M.label_quality(an.probs, an.y_true)
+    extra = _extra_columns(an)
     write_csv(out / "predictions.csv",
               ["path", "true_label", "pred_label", "correct", "confidence", *[f"p_{c}" for c in an.classes],
-               "focus_score", "clinical"],
+               "focus_score", "clinical", "label_quality", *extra],
               [[an.rels[i], an.classes[an.y_true[i]], an.classes[an.y_pred[i]], int(an.correct[i]),
                 float(an.confidence[i]), *an.probs[i].tolist(), focus[i],
-                an.clinical[i] if an.clinical else None] for i in range(an.n)])
+                an.clinical[i] if an.clinical else None, float(quality[i]), *(col[i] for col in extra.values())]
+               for i in range(an.n)])
     write_csv(out / "error_details.csv",
               ["rank", "path", "true_label", "pred_label", "pair", "confidence", "true_probability", "margin",
                "focus_score", "gradcam"],

@@ -7,13 +7,14 @@ most ``2 * concurrency`` items are queued ahead, so huge data sets do not pile u
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TypeVar
 
-from camserve.errors import ServerUnavailable
+from camserve.errors import CamserveError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -23,8 +24,9 @@ MAX_BACKOFF_S = 30.0
 
 def with_retries(call: Callable[[int], R], retries: int, backoff: float,
                  sleep: Callable[[float], None] = time.sleep) -> R:
-    """``call(attempt)``, retried up to ``retries`` times on ``ServerUnavailable`` (503, connection
-    error, timeout), waiting ``backoff * 2**attempt`` seconds (capped at 30 s) in between.
+    """``call(attempt)``, retried up to ``retries`` times on a retriable error (``exc.retriable``: 503,
+    connection error, timeout, 507 worker died), waiting ``backoff * 2**attempt`` seconds (capped at
+    30 s) in between.
 
     The attempt number lets the caller move to another server on a retry. Other errors are not
     retried: a 4xx will not change, and a 500 means the handler failed on this input.
@@ -32,8 +34,8 @@ def with_retries(call: Callable[[int], R], retries: int, backoff: float,
     for attempt in range(retries + 1):
         try:
             return call(attempt)
-        except ServerUnavailable as exc:
-            if attempt == retries:
+        except CamserveError as exc:
+            if not exc.retriable or attempt == retries:
                 raise
             delay = min(backoff * 2 ** attempt, MAX_BACKOFF_S)
             log.debug("attempt %d failed (%s); retrying in %.2f s", attempt + 1, exc, delay)
@@ -73,11 +75,5 @@ def run_pool(items: Iterable[T], work: Callable[[T], R], on_error: Callable[[T, 
 
 def _fill(pool: ThreadPoolExecutor, source: Iterator[T], work: Callable[[T], R],
           pending: dict[Future[R], T], limit: int) -> None:
-    while len(pending) < limit:
-        item = next(source, _END)
-        if item is _END:
-            return
-        pending[pool.submit(work, item)] = item  # type: ignore[arg-type]
-
-
-_END = object()
+    for item in itertools.islice(source, max(0, limit - len(pending))):
+        pending[pool.submit(work, item)] = item
