@@ -19,7 +19,7 @@ import requests
 
 from camserve.client import Client
 from camserve.errors import ServerUnavailable, Unauthorized
-from deploy.rehearsal import Topology, topology, wait_pod_ready
+from deploy.rehearsal import Topology, nginx_binary, stream_module_line, topology, wait_pod_ready
 from scripts import analyze_errors, archive
 from tests.harness import CLASSES, make_checkpoint, png_bytes
 
@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory):
     """``tiny`` (resnet18, 64 px, batches of 8 within 20 ms) on two pods."""
+    try:
+        stream_module_line(nginx_binary())
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
     root = tmp_path_factory.mktemp("rehearsal")
     store = root / "model_store"
     checkpoint = make_checkpoint(root / "tiny.pt")
@@ -154,7 +158,7 @@ class Probe(threading.Thread):
 def test_a_burst_through_the_front_survives_losing_a_pod(stack: Topology, tmp_path: Path,
                                                          caplog: pytest.LogCaptureFixture) -> None:
     data = tmp_path / "data"
-    images = image_folder(data, per_class=40)
+    images = image_folder(data, per_class=16)
     survivor, victim = stack.pods
     out = tmp_path / "analysis"
     argv = ["--data-dir", str(data), "--output-dir", str(out), "--url", stack.front.url, "--token", stack.token,
@@ -167,7 +171,7 @@ def test_a_burst_through_the_front_survives_losing_a_pod(stack: Topology, tmp_pa
     started = time.time()
     run.start()
     probe.start()
-    while len(victim.served()) - before[victim.name] < 20 and run.is_alive():
+    while len(victim.served()) - before[victim.name] < 8 and run.is_alive():
         time.sleep(0.02)
     killed = time.time()
     victim.kill()
@@ -185,7 +189,7 @@ def test_a_burst_through_the_front_survives_losing_a_pod(stack: Topology, tmp_pa
     served = {pod.name: len(pod.served()) - before[pod.name] for pod in stack.pods}
     after_kill = [t for t in survivor.served() if t > killed]
     retries = [r for r in caplog.records if r.getMessage().startswith("attempt ")]
-    assert served[victim.name] >= 20 and served[survivor.name] > 0 and after_kill
+    assert served[victim.name] >= 8 and served[survivor.name] > 0 and after_kill
     assert served[victim.name] + served[survivor.name] >= images  # every image answered by one of them
     assert retries, "nothing was in flight on the killed pod: no retry was exercised"
     recovered = min(sent for sent, ok in probe.results if ok and sent > killed) - killed
