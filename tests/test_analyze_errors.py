@@ -11,7 +11,9 @@ import datetime as dt
 import hashlib
 import io
 import json
+import os
 import re
+import signal
 from collections import Counter
 from html import escape as html_escape
 from pathlib import Path
@@ -482,3 +484,50 @@ def test_interrupted_run_resumes_to_the_same_report(served, dataset, tmp_path: P
     resumed = [json.loads(line)["path"] for line in log.read_text().splitlines()[8:]]
     assert not {r["path"] for r in first if r["status"] == "ok"} & set(resumed)
     assert len(resumed) == 20 - sum(r["status"] == "ok" for r in first)  # 18 images + 2 undecodable files
+
+
+def worker_pids(server) -> set[int]:
+    """The pids of the server's model workers: processes of TorchServe's ``model_service_worker`` whose
+    parent (the frontend) runs in the server's directory."""
+    pids = set()
+    for proc in Path("/proc").iterdir():
+        try:
+            if not proc.name.isdigit() or b"model_service_worker" not in (proc / "cmdline").read_bytes():
+                continue
+            ppid = next(line.split()[1] for line in (proc / "status").read_text().splitlines()
+                        if line.startswith("PPid:"))
+            if Path(f"/proc/{ppid}/cwd").resolve() == server.workdir.resolve():
+                pids.add(int(proc.name))
+        except (OSError, StopIteration):
+            continue
+    return pids
+
+
+@pytest.mark.integration
+def test_a_worker_killed_mid_run_costs_no_image(served, dataset, reference, tmp_path: Path, monkeypatch):
+    """SIGKILL the model worker after the 4th result: the requests it held answer 503/507 and are retried
+    (TorchServe restarts the worker), so every image gets its prediction without --resume."""
+    before = worker_pids(served)
+    assert len(before) == 1
+    original, sent = RecordLog.write, Counter()
+
+    def write_and_kill(self, record):
+        original(self, record)
+        if len(self.records) == 4:
+            os.kill(next(iter(before)), signal.SIGKILL)
+    real_explain = Client.explain
+
+    def count(self, model, image, mask=None, **options):
+        sent[image] += 1
+        return real_explain(self, model, image, mask, **options)
+    monkeypatch.setattr(RecordLog, "write", write_and_kill)
+    monkeypatch.setattr(Client, "explain", count)
+    out = tmp_path / "out"
+    assert run(served, dataset, out, "--concurrency", "8", "--retries", "6", "--backoff", "0.5") == 1
+    rows = {r["path"]: r for r in read_csv(out / "predictions.csv")}
+    assert set(rows) == set(reference) and all(rows[rel]["pred_label"] == reference[rel][0] for rel in rows)
+    assert {(f["path"], f["stage"]) for f in read_csv(out / "failures.csv")} == EXPECTED_FAILURES
+    _, _, images, _ = dataset
+    assert sum(sent[png] for png in images.values()) > len(images)  # some requests were lost and sent again
+    after = worker_pids(served)
+    assert len(after) == 1 and after != before
