@@ -1,15 +1,26 @@
-"""The batch pipeline: request rows in, one ``ExplainResponse`` or ``RequestError`` per row out.
+"""The batch pipeline: request rows in, one ``ExplainResponse`` or ``CamserveError`` per row out.
 
-A bad row (undecodable image, unknown class, alpha out of range...) becomes its own error and is left
-out of the forward; the others are batched into one fused prediction + Grad-CAM pass.
+Isolation is the invariant: whatever one row raises while it is read, run or rendered (any exception
+type), only that row fails — with its 4xx when the request is at fault, else a 500 — and every other
+row of the batch is answered as if it had come alone. A batch whose forward fails is re-run one row
+at a time, so a row that breaks the model cannot take its batch-mates down with it.
+
+Work per batch: rows are decoded and resized on the CPU into uint8 tensors; the batch is stacked,
+copied to the model's device (pinned, non-blocking on CUDA) and normalised there; one fused forward
+gives the predictions and the maps; each row's images are rendered and encoded in a small thread pool
+(PIL releases the GIL while encoding), so rendering scales with cores instead of queuing behind the
+forward.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,11 +33,12 @@ from torch import nn
 from camserve import cam as cam_ops
 from camserve.archs import get_module
 from camserve.checkpoint import ModelSpec, load_checkpoint
-from camserve.errors import InvalidRequest, RequestError
-from camserve.imaging import decode_image, decode_mask, preprocess
+from camserve.errors import CamserveError, InvalidRequest, RequestError, ServerError
+from camserve.imaging import decode_image, decode_mask, input_tensor
 from camserve.parsing import parse_options, split_request
-from camserve.render import render, to_data_url
+from camserve.render import colormap_lut, encode_images, shown_image
 from camserve.schema import (
+    COLORMAPS,
     ClassScore,
     ErrorInfo,
     ExplainOptions,
@@ -38,15 +50,40 @@ from camserve.schema import (
 )
 
 log = logging.getLogger(__name__)
+Result = ExplainResponse | CamserveError
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How the model runs: from the model-config YAML's ``camserve`` section (see ``docs/serving.md``).
+
+    Attributes:
+        channels_last: Convert the model and batches to channels-last memory format (faster convs on GPUs).
+        autocast: ``None``, ``"bf16"`` or ``"fp16"``: the forward under ``torch.autocast`` on CUDA
+            (maps are combined in float32 whatever the forward's precision).
+        render_threads: Threads that render and encode a batch's images (0: ``min(4, cores)``).
+    """
+
+    channels_last: bool = False
+    autocast: str | None = None
+    render_threads: int = 0
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> RunSettings:
+        autocast = config.get("autocast") or None
+        if autocast is not None and autocast not in AUTOCAST_DTYPES:
+            raise ValueError(f"camserve.autocast must be one of {', '.join(AUTOCAST_DTYPES)}, got {autocast!r}")
+        return cls(bool(config.get("channels_last", False)), autocast, int(config.get("render_threads", 0)))
 
 
 @dataclass
 class Prepared:
-    """One valid request, decoded."""
+    """One valid request, decoded: the image (for display), its model input as uint8 ``[3, S, S]``."""
 
     image: Image.Image
-    tensor: torch.Tensor
-    mask: Any  # numpy bool array at the image's size, or None
+    pixels: torch.Tensor
+    mask: np.ndarray | None
     options: ExplainOptions
     preprocess_ms: float
     tabular: torch.Tensor | None = None
@@ -62,38 +99,50 @@ class Explainer:
         name: Model name as served.
         version: Model version as served.
         device: Where to run; TorchServe's assigned GPU, or the CPU.
+        settings: Memory format, mixed precision and rendering threads.
     """
 
     def __init__(self, model: nn.Module, spec: ModelSpec, name: str, version: str = "1.0",
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", settings: RunSettings | None = None) -> None:
         self.device = torch.device(device)
+        self.settings = settings or RunSettings()
         self.model = model.to(self.device).eval()
+        if self.settings.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.spec = spec
         self.layer = get_module(self.model, spec.target_layer)
         self.schema = spec.schema
         self.info = ModelInfo(name=name, version=version, arch=spec.arch, layer=spec.target_layer,
                               classes=list(spec.class_names), input_size=spec.input_size,
                               tabular=spec.tabular)
+        self.mean = torch.tensor(spec.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(spec.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        for name in COLORMAPS:  # read the colormaps now, not in the first request
+            colormap_lut(name)
+        threads = self.settings.render_threads or min(4, os.cpu_count() or 1)
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="camserve-render")
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, name: str, version: str = "1.0",
-                        device: str | torch.device = "cpu", **overrides: Any) -> Explainer:
+                        device: str | torch.device = "cpu", settings: RunSettings | None = None,
+                        **overrides: Any) -> Explainer:
         model, spec = load_checkpoint(path, **overrides)
-        return cls(model, spec, name, version, device)
+        return cls(model, spec, name, version, device, settings)
 
-    def handle(self, rows: Sequence[Mapping[str, Any]]) -> list[ExplainResponse | RequestError]:
-        """Answer a batch of request rows, one result per row, in order."""
-        results: list[ExplainResponse | RequestError | None] = [None] * len(rows)
+    def handle(self, rows: Sequence[Mapping[str, Any]]) -> list[Result]:
+        """Answer a batch of request rows, one result per row, in order (never raises)."""
+        results: list[Result | None] = [None] * len(rows)
         prepared: dict[int, Prepared] = {}
         for i, row in enumerate(rows):
-            try:
-                prepared[i] = self.prepare(row)
-            except RequestError as exc:
-                results[i] = exc
+            outcome = guarded(lambda row=row: self.prepare(row), "reading this request")
+            if isinstance(outcome, CamserveError):
+                results[i] = outcome
+            else:
+                prepared[i] = outcome
         if prepared:
-            for i, response in zip(prepared, self.run(list(prepared.values())), strict=True):
-                results[i] = response
-        return results  # type: ignore[return-value]
+            for i, result in zip(prepared, self.run_isolated(list(prepared.values())), strict=True):
+                results[i] = result
+        return [r if r is not None else ServerError("no answer was produced for this request") for r in results]
 
     def prepare(self, row: Mapping[str, Any]) -> Prepared:
         """Decode and validate one row (raises ``RequestError``)."""
@@ -107,20 +156,57 @@ class Explainer:
         tabular = None if self.schema is None else self.schema.encode(raw.clinical)
         image = decode_image(raw.image, "data")
         mask = None if raw.mask is None else decode_mask(raw.mask, image.size, "mask")
-        tensor = preprocess(image, self.spec.input_size, self.spec.mean, self.spec.std)
-        return Prepared(image, tensor, mask, options, (time.perf_counter() - start) * 1e3, tabular)
+        pixels = input_tensor(image, self.spec.input_size)
+        return Prepared(image, pixels, mask, options, (time.perf_counter() - start) * 1e3, tabular)
 
-    def run(self, items: Sequence[Prepared]) -> list[ExplainResponse]:
-        """One forward for the whole batch, then per-item rendering."""
+    def run_isolated(self, items: Sequence[Prepared]) -> list[Result]:
+        """``run`` the batch; if its forward fails, run each row alone so only the culprit fails."""
+        try:
+            return self.run(items)
+        except Exception:
+            if len(items) == 1:
+                log.exception("camserve: a request failed in the forward")
+                return [ServerError("internal error while explaining this request; see the server log")]
+            log.warning("camserve: a batch of %d failed in the forward; retrying row by row", len(items),
+                        exc_info=True)
+        return [result for item in items for result in self.run_isolated([item])]
+
+    def run(self, items: Sequence[Prepared]) -> list[Result]:
+        """One forward for the whole batch (raises if it fails), then per-row rendering (never raises)."""
         start = time.perf_counter()
-        x = torch.stack([p.tensor for p in items]).to(self.device)
-        extra = () if self.schema is None else (torch.stack([p.tabular for p in items]).to(self.device),)
-        if any(p.options.wants_cam for p in items):
-            out = cam_ops.predict_and_explain(self.model, self.layer, x, [p.options.target for p in items], extra)
-        else:
-            out = cam_ops.predict(self.model, x, extra)
+        x, extra = self.batch(items)
+        precision = (torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES[self.settings.autocast])
+                     if self.settings.autocast and self.device.type == "cuda" else nullcontext())
+        with precision:
+            if any(p.options.wants_cam for p in items):
+                out = cam_ops.predict_and_explain(self.model, self.layer, x, [p.options.target for p in items],
+                                                  extra)
+            else:
+                out = cam_ops.predict(self.model, x, extra)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
         forward_ms = (time.perf_counter() - start) * 1e3
-        return [self.respond(p, out, i, forward_ms, len(items)) for i, p in enumerate(items)]
+
+        def respond(i: int) -> Result:
+            return guarded(lambda: self.respond(items[i], out, i, forward_ms, len(items)), "rendering this answer")
+
+        if len(items) == 1 or not any(p.options.wants_cam and p.options.images != "none" for p in items):
+            return [respond(i) for i in range(len(items))]
+        return list(self.pool.map(respond, range(len(items))))
+
+    def batch(self, items: Sequence[Prepared]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Stack the uint8 inputs, move them to the device and normalise them there."""
+        pixels = torch.stack([p.pixels for p in items])
+        cuda = self.device.type == "cuda"
+        if cuda:
+            pixels = pixels.pin_memory()
+        x = pixels.to(self.device, non_blocking=cuda).float().div_(255.0).sub_(self.mean).div_(self.std)
+        if self.settings.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        extra: tuple[torch.Tensor, ...] = ()
+        if self.schema is not None:
+            extra = (torch.stack([p.tabular for p in items if p.tabular is not None]).to(self.device),)
+        return x, extra
 
     def respond(self, item: Prepared, out: cam_ops.FusedOutput, i: int, forward_ms: float,
                 batch_size: int) -> ExplainResponse:
@@ -150,15 +236,34 @@ class Explainer:
         """Normalise, render and score one map."""
         cam, top = cam_ops.normalise(raw_cam)
         opts = item.options
-        heat, overlay, cam_up = render(item.image, cam, opts.colormap, opts.alpha, opts.max_side)
+        images = None
         focus = None
-        if item.mask is not None:
-            mask = Image.fromarray(item.mask).resize(overlay.size, Image.NEAREST)
-            focus = cam_ops.focus_score(cam_up, torch.from_numpy(np.array(mask)))
+        if opts.images != "none" or item.mask is not None:
+            shown = shown_image(item.image, opts.max_side)
+            cam_up = cam_ops.upsample(cam, shown.height, shown.width)
+            images = encode_images(shown, cam_up, opts.colormap, opts.alpha, opts.images, opts.image_format)
+            if item.mask is not None:
+                mask = Image.fromarray(item.mask).resize(shown.size, Image.NEAREST)
+                focus = cam_ops.focus_score(cam_up, torch.from_numpy(np.array(mask)))
         return Explanation(
-            method="gradcam", target=Target(self.spec.class_names[target], target),
-            cam=[[round(v, 5) for v in row] for row in cam.tolist()], cam_max=top,
-            heatmap=to_data_url(heat), overlay=to_data_url(overlay), focus_score=focus)
+            method=opts.explain, target=Target(self.spec.class_names[target], target),
+            cam=np.round(cam.numpy().astype(np.float64), 5).tolist(), cam_max=top,
+            heatmap=None if images is None else images.heatmap,
+            overlay=None if images is None else images.overlay, focus_score=focus)
+
+
+def guarded(step: Callable[[], Any], doing: str) -> Any:
+    """Run one row's step; return its ``CamserveError`` (4xx as raised, anything else as a logged 500)."""
+    try:
+        return step()
+    except RequestError as exc:
+        return exc
+    except CamserveError as exc:
+        log.warning("camserve: %s failed: %s", doing, exc.message)
+        return exc
+    except Exception:
+        log.exception("camserve: %s failed", doing)
+        return ServerError(f"internal error while {doing}; see the server log")
 
 
 def error_info(names: Sequence[str], log_probs: torch.Tensor, true_index: int) -> ErrorInfo:

@@ -23,6 +23,11 @@ MAX_PIXELS = 40_000_000  # decoded size; guards against decompression bombs
 def decode_image(data: bytes, field: str = "data") -> Image.Image:
     """Decode image bytes into an RGB image, or raise a 4xx error naming ``field``.
 
+    Everything that reads the file runs inside one guard: opening, the pixel bound (checked on the
+    header, before any pixel is decoded), decoding, the EXIF orientation step and the mode conversion,
+    so corrupt metadata is a 415 like corrupt pixels. Only the first frame of an animated or multi-page
+    file is ever decoded (later frames are never read, whatever their number).
+
     Raises:
         InvalidRequest: The field is empty.
         PayloadTooLarge: Over ``MAX_IMAGE_BYTES`` bytes or ``MAX_PIXELS`` pixels.
@@ -40,15 +45,25 @@ def decode_image(data: bytes, field: str = "data") -> Image.Image:
                 raise PayloadTooLarge(
                     f"field '{field}' is {img.width}x{img.height} pixels; the limit is {MAX_PIXELS} pixels")
             img.load()
+            return to_rgb(oriented(img, field))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise PayloadTooLarge(f"field '{field}' decodes to too many pixels: {exc}") from exc
-    except PayloadTooLarge:
+        raise PayloadTooLarge(f"field '{field}' decodes to too many pixels ({str(exc)[:120]})") from exc
+    except (PayloadTooLarge, UnsupportedImage):
         raise
-    except Exception as exc:  # PIL raises many types for corrupt data
+    except Exception as exc:  # PIL raises many types for corrupt data (SyntaxError, OSError, struct.error...)
         raise UnsupportedImage(
             f"field '{field}' is not a decodable image ({type(exc).__name__}); "
             "send PNG, JPEG, BMP, TIFF, GIF or WebP bytes") from exc
-    return to_rgb(ImageOps.exif_transpose(img))
+
+
+def oriented(img: Image.Image, field: str = "data") -> Image.Image:
+    """Apply the EXIF orientation (as ``gr.Image(type="pil")`` does); corrupt EXIF is a 415 naming it."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception as exc:  # struct.error, AttributeError, ValueError... from a malformed EXIF block
+        raise UnsupportedImage(
+            f"field '{field}' has corrupt EXIF metadata ({type(exc).__name__}); re-save the image without "
+            "its EXIF block") from exc
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -69,11 +84,19 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def input_tensor(img: Image.Image, input_size: int) -> torch.Tensor:
+    """Resize (no crop) an RGB image to the model's square input, as a uint8 ``[3, S, S]`` tensor.
+
+    The server batches these and normalises on the model's device (:func:`preprocess` is the same
+    computation on the CPU, for the trainers and the tests).
+    """
+    resized = img.resize((input_size, input_size), Image.BILINEAR)
+    return torch.from_numpy(np.array(resized, dtype=np.uint8)).permute(2, 0, 1)
+
+
 def preprocess(img: Image.Image, input_size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """Resize (no crop) and normalise an RGB image into a ``[3, S, S]`` float tensor."""
-    resized = img.resize((input_size, input_size), Image.BILINEAR)
-    arr = np.asarray(resized, dtype=np.float32) / 255.0
-    return normalise(torch.from_numpy(arr).permute(2, 0, 1), mean, std)
+    return normalise(input_tensor(img, input_size).float() / 255.0, mean, std)
 
 
 def normalise(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from camserve.errors import CheckpointError, InvalidRequest
+from camserve.errors import CheckpointError, InvalidRequest, excerpt
 
 MISSING = (None, "", "NA", "N/A", "nan", "NaN", "null")
 
@@ -81,7 +81,8 @@ class TabularSchema:
         """
         unknown = sorted(set(values) - set(self.names))
         if unknown:
-            raise InvalidRequest(f"unknown clinical field '{unknown[0]}'; this model takes: {', '.join(self.names)}")
+            raise InvalidRequest(f"unknown clinical field {excerpt(unknown[0])}; this model takes: "
+                                 f"{', '.join(self.names)}")
         out: list[float] = []
         for f in self.features:
             value = values.get(f.name)
@@ -115,11 +116,11 @@ def _encode_one(f: Feature, value: Any) -> list[float]:
         if value is None:
             return [0.0, 1.0]
         try:
-            number = float(str(value).strip()) if not isinstance(value, bool) else math.nan
-        except ValueError:
+            number = math.nan if isinstance(value, bool) or len(str(value)) > 64 else float(str(value).strip())
+        except (ValueError, OverflowError):
             number = math.nan
         if not math.isfinite(number):
-            raise InvalidRequest(f"clinical field '{f.name}' must be a number, got {value!r}")
+            raise InvalidRequest(f"clinical field '{f.name}' must be a finite number, got {excerpt(value)}")
         return [(number - f.mean) / f.std, 0.0]
     onehot = [0.0] * len(f.categories)
     if value is None:
@@ -129,6 +130,6 @@ def _encode_one(f: Feature, value: Any) -> list[float]:
               [i for i, c in enumerate(f.categories) if c.lower() == text.lower()]
     if not matches:
         allowed = ", ".join(f.categories)
-        raise InvalidRequest(f"clinical field '{f.name}': {text!r} is not allowed; use one of {allowed}")
+        raise InvalidRequest(f"clinical field '{f.name}': {excerpt(text)} is not allowed; use one of {allowed}")
     onehot[matches[0]] = 1.0
     return onehot + [0.0]

@@ -2,42 +2,23 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pytest
-import torch
-import torchvision
-from PIL import Image
 
 from scripts import archive
-from tests.harness import torchserve
+from tests.harness import (
+    ASSETS,
+    CLASSES,
+    TINY_SIZE,
+    fusion_checkpoint,
+    make_checkpoint,
+    png_bytes,
+    signed_checkpoint,
+    torchserve,
+)
 
-CLASSES = ["COVID", "Normal", "Viral_Pneumonia"]
-TINY_SIZE = 64
-
-
-def make_checkpoint(path: Path, arch: str = "resnet18", classes: list[str] = CLASSES, seed: int = 0,
-                    input_size: int = TINY_SIZE, **extra) -> Path:
-    """A randomly initialised, self-describing checkpoint (layout (a))."""
-    torch.manual_seed(seed)
-    model = torchvision.models.get_model(arch, weights=None, num_classes=len(classes))
-    torch.save({"state_dict": model.state_dict(), "arch": arch, "class_names": classes,
-                "input_size": input_size, **extra}, path)
-    return path
-
-
-def png_bytes(size: tuple[int, int] = (96, 72), seed: int = 0, mode: str = "RGB") -> bytes:
-    """A random-noise image, encoded as PNG."""
-    gen = torch.Generator().manual_seed(seed)
-    arr = (torch.rand(size[1], size[0], 3, generator=gen) * 255).to(torch.uint8).numpy()
-    img = Image.fromarray(arr, "RGB")
-    if mode != "RGB":
-        img = img.convert(mode)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
-
+__all__ = ["CLASSES", "TINY_SIZE", "make_checkpoint", "png_bytes"]  # until every module imports tests.harness
 
 LAYERS = ("integration", "browser", "train")
 
@@ -56,15 +37,26 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Path:
-    """A model store with ``tiny`` (resnet18, 3 classes, 64 px), batching up to 8 within 300 ms."""
+    """The session's cheap models, each batching up to 8 within 300 ms:
+
+    - ``tiny``: resnet18, 3 classes (``CLASSES``), 64 px, random weights;
+    - ``fusion``: image + clinical table (``SCHEMA``), single logit, 64 px (tests/assets/fusion_net.py);
+    - ``signed``: single logit whose right map is known, 32 px (tests/assets/signed_net.py).
+    """
     store = tmp_path_factory.mktemp("model_store")
-    assert archive.main([str(tiny_checkpoint), "--name", "tiny", "--model-store", str(store),
-                         "--batch-size", "8", "--max-batch-delay", "300"]) == 0
+    ckpts = tmp_path_factory.mktemp("session_ckpts")
+    batching = ["--model-store", str(store), "--batch-size", "8", "--max-batch-delay", "300"]
+    assert archive.main([str(tiny_checkpoint), "--name", "tiny", *batching]) == 0
+    assert archive.main([str(fusion_checkpoint(ckpts)), "--name", "fusion", "--model-file",
+                         str(ASSETS / "fusion_net.py"), *batching]) == 0
+    assert archive.main([str(signed_checkpoint(ckpts)), "--name", "signed", "--model-file",
+                         str(ASSETS / "signed_net.py"), *batching]) == 0
     return store
 
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory, model_store: Path):
-    """One real TorchServe for the session (token auth on, loopback, free ports)."""
+    """One real TorchServe for the session, serving every model of ``model_store`` (token auth on,
+    loopback, free ports). Tests that need a server of their own say why."""
     with torchserve(model_store, tmp_path_factory.mktemp("torchserve")) as running:
         yield running

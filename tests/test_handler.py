@@ -3,47 +3,21 @@
 from __future__ import annotations
 
 import json
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from handlers.camserve_handler import CamserveHandler
 from scripts import archive
-from tests.conftest import CLASSES, png_bytes
-
-
-class MockContext:
-    """What the handler uses of ``ts.context.Context``."""
-
-    def __init__(self, model_dir: Path, headers: list[dict[str, str]] | None = None) -> None:
-        manifest = json.loads((model_dir / "MAR-INF" / "MANIFEST.json").read_text())
-        self.manifest = manifest
-        self.system_properties = {"model_dir": str(model_dir), "gpu_id": None, "batch_size": 8}
-        self.model_yaml_config = yaml.safe_load((model_dir / "model-config.yaml").read_text())
-        self.headers = headers or []
-        self.status: dict[int, tuple[int, str]] = {}
-        self.content_types: dict[int, str] = {}
-
-    def get_request_header(self, idx: int, key: str) -> str | None:
-        return self.headers[idx].get(key) if idx < len(self.headers) else None
-
-    def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
-        self.status[idx] = (code, phrase)
-
-    def set_response_content_type(self, idx: int, value: str) -> None:
-        self.content_types[idx] = value
+from tests.harness import CLASSES, MockContext, png_bytes, unpack_mar
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Path:
     tmp = tmp_path_factory.mktemp("mar")
     assert archive.main([str(tiny_checkpoint), "--name", "tiny", "--model-store", str(tmp)]) == 0
-    with zipfile.ZipFile(tmp / "tiny.mar") as mar:
-        mar.extractall(tmp / "dir")
-    return tmp / "dir"
+    return unpack_mar(tmp / "tiny.mar", tmp / "dir")
 
 
 @pytest.fixture(scope="module")

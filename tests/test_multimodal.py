@@ -1,58 +1,28 @@
-"""Custom model classes with a tabular branch and single-logit binary heads (seed 001's models)."""
+"""Custom model classes with a tabular branch and single-logit binary heads."""
 
 from __future__ import annotations
 
-import io
+import base64
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from PIL import Image
 
 from camserve.errors import CheckpointError, InvalidRequest
 from camserve.explainer import Explainer
 from camserve.tabular import TabularSchema
 from scripts import archive
-from tests.harness import torchserve
+from tests.harness import (
+    ASSETS,
+    CLINICAL,
+    SCHEMA,
+    fusion_checkpoint,
+    red_left_blue_right,
+    signed_checkpoint,
+)
 
-ASSETS = Path(__file__).parent / "assets"
-SCHEMA = json.loads((ASSETS / "thyroid_schema.json").read_text())
 ONE_NUMBER = {"features": [{"name": "x", "type": "numeric", "mean": 0.0, "std": 1.0}]}
-CLINICAL = {"composition": "solid", "echogenicity": "hypoechoic", "margins": "irregular",
-            "calcifications": "micro", "sex": "F", "age": "61"}
-
-
-def red_left_blue_right(size: int = 64) -> bytes:
-    arr = np.zeros((size, size, 3), dtype=np.uint8)
-    arr[:, : size // 2, 0] = 255
-    arr[:, size // 2:, 2] = 255
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def signed_checkpoint(tmp: Path, tabular_weight: float = 0.0) -> Path:
-    from tests.assets.signed_net import SignedNet
-    path = tmp / "signed.pt"
-    torch.save({"state_dict": SignedNet().state_dict(), "class_names": ["benign", "malignant"], "input_size": 32,
-                "model_args": {"tabular_weight": tabular_weight}}, path)
-    return path
-
-
-def fusion_checkpoint(tmp: Path) -> Path:
-    from tests.assets.fusion_net import FusionNet
-    torch.manual_seed(0)
-    width = TabularSchema.from_dict(SCHEMA).width
-    model = FusionNet(width)
-    with torch.no_grad():
-        model.head.weight[0, 512:] = 3.0  # make the tabular branch matter
-    path = tmp / "fusion.pt"
-    torch.save({"state_dict": model.state_dict(), "class_names": ["benign", "malignant"], "input_size": 64,
-                "target_layer": "cnn.layer4", "model_args": {"tabular_width": width}, "tabular": SCHEMA}, path)
-    return path
 
 
 def explain(explainer: Explainer, image: bytes, **fields) -> object:
@@ -101,7 +71,7 @@ def test_tabular_field_alone_moves_the_probability(tmp_path: Path) -> None:
 @pytest.mark.parametrize("fields,match", [
     ({"weight": "70"}, "unknown field 'weight'"),
     ({"age": ""}, "clinical field 'age' is required"),
-    ({"age": "old"}, "clinical field 'age' must be a number"),
+    ({"age": "old"}, "clinical field 'age' must be a finite number, got 'old'"),
     ({"sex": "X"}, "clinical field 'sex': 'X' is not allowed; use one of F, M"),
 ])
 def test_request_time_schema_errors(tmp_path: Path, fields: dict, match: str) -> None:
@@ -152,21 +122,19 @@ def test_archive_time_errors_for_custom_models(tmp_path: Path, capsys: pytest.Ca
 
 
 @pytest.mark.integration
-def test_multimodal_model_serves_through_torchserve(tmp_path: Path) -> None:
-    store = tmp_path / "store"
-    ckpt = fusion_checkpoint(tmp_path)
-    shutil.copy(ASSETS / "thyroid_schema.json", tmp_path / "schema.json")
-    assert archive.main([str(ckpt), "--name", "thyroid", "--model-store", str(store),
-                         "--model-file", str(ASSETS / "fusion_net.py")]) == 0
-    local = Explainer.from_checkpoint(ckpt, "thyroid", model_file=str(ASSETS / "fusion_net.py"))
+def test_multimodal_model_serves_through_torchserve(tmp_path: Path, server) -> None:
+    ckpt = fusion_checkpoint(tmp_path)  # the session store's ``fusion``, rebuilt the same way
+    local = Explainer.from_checkpoint(ckpt, "fusion", model_file=str(ASSETS / "fusion_net.py"))
     img = red_left_blue_right()
-    with torchserve(store, tmp_path / "ts") as server:
-        client = server.client()
-        served = client.explain("thyroid", img, label="malignant", **CLINICAL)
-        as_object = client.explain("thyroid", img, clinical=CLINICAL)
-        with pytest.raises(InvalidRequest, match="clinical field 'age' is required"):
-            client.explain("thyroid", img, **{k: v for k, v in CLINICAL.items() if k != "age"})
-        assert client.describe("thyroid").tabular["features"][5]["name"] == "age"
+    client = server.client()
+    served = client.explain("fusion", img, label="malignant", **CLINICAL)
+    as_object = client.explain("fusion", img, clinical=CLINICAL)
+    as_json_fields = client._call("POST", f"{server.url}/predictions/fusion", client._headers,
+                                  json={"data": base64.b64encode(img).decode(), "label": "malignant", **CLINICAL})
+    with pytest.raises(InvalidRequest, match="clinical field 'age' is required"):
+        client.explain("fusion", img, **{k: v for k, v in CLINICAL.items() if k != "age"})
+    assert client.describe("fusion").tabular["features"][5]["name"] == "age"
+    assert as_json_fields["probabilities"] == pytest.approx(served.probabilities, abs=1e-9)
     expected = explain(local, img, label="malignant", **CLINICAL)
     assert served.probabilities == pytest.approx(expected.probabilities, abs=1e-6)
     assert served.error.true_label == "malignant" and served.model.layer == "cnn.layer4"

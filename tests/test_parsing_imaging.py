@@ -58,15 +58,15 @@ def test_options_defaults_and_values() -> None:
     ({"target": "Flu"}, "field 'target': unknown class 'Flu'; allowed: one of COVID, Normal, Viral_Pneumonia"),
     ({"label": "3"}, "field 'label': unknown class '3'"),
     ({"label": True}, "field 'label' must be a class name or index"),
-    ({"topk": "0"}, "field 'topk' must be at least 1"),
+    ({"topk": "0"}, "field 'topk' must be an integer at least 1, got '0'"),
     ({"topk": "two"}, "field 'topk' must be an integer"),
     ({"topk": 1.5}, "field 'topk' must be an integer"),
-    ({"alpha": "1.5"}, r"field 'alpha' must be in \[0, 1\]"),
-    ({"alpha": "nan"}, r"field 'alpha' must be in \[0, 1\]"),
+    ({"alpha": "1.5"}, r"field 'alpha' must be a number in \[0, 1\], got '1.5'"),
+    ({"alpha": "nan"}, r"field 'alpha' must be a number in \[0, 1\], got 'nan'"),
     ({"alpha": "x"}, r"field 'alpha' must be a number"),
     ({"explain": "shap"}, "field 'explain': 'shap' is not allowed; use one of gradcam, gradcam\\+\\+, xgradcam"),
     ({"colormap": "rainbow"}, "field 'colormap': 'rainbow' is not allowed; use one of jet"),
-    ({"max_side": "4096"}, "field 'max_side' must be between 16 and 1024"),
+    ({"max_side": "4096"}, "field 'max_side' must be an integer between 16 and 1024, got '4096'"),
 ])
 def test_option_errors_name_the_field(fields: dict, match: str) -> None:
     with pytest.raises(InvalidRequest, match=match):

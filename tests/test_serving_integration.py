@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -10,10 +11,12 @@ from pathlib import Path
 import pytest
 import requests
 import torch
+from PIL import Image
 
 from camserve.errors import InvalidRequest, PayloadTooLarge, Unauthorized, UnsupportedImage
 from camserve.explainer import Explainer
-from tests.conftest import CLASSES, png_bytes
+from camserve.render import from_data_url
+from tests.harness import CLASSES, png_bytes
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +50,22 @@ def test_json_body_and_explanations_route(server) -> None:
     resp = requests.post(f"{server.url}/predictions/tiny", json=body, headers=auth(server), timeout=60)
     assert resp.status_code == 200 and resp.json()["explanation"] is None and len(resp.json()["topk"]) == 2
     exp = server.client().explanation("tiny", img, target="Normal")
-    assert exp.target.label == "Normal" and exp.overlay.startswith("data:image/png;base64,")
+    assert exp.target.label == "Normal" and exp.overlay.startswith("data:image/jpeg;base64,")
+    assert exp.heatmap.startswith("data:image/png;base64,")
+    assert from_data_url(exp.heatmap).size == from_data_url(exp.overlay).size == (96, 72)
+
+
+@pytest.mark.parametrize("images,image_format,parts", [
+    ("both", "png", ("image/png", "image/png")), ("overlay", "webp", (None, "image/webp")),
+    ("heatmap", "jpeg", ("image/png", None)), ("none", "png", (None, None))])
+def test_images_and_image_format_choose_what_comes_back(server, images: str, image_format: str,
+                                                        parts: tuple) -> None:
+    exp = server.client().explain("tiny", png_bytes(seed=7), images=images, image_format=image_format).explanation
+    got = tuple(None if url is None else url[len("data:"):url.index(";")] for url in (exp.heatmap, exp.overlay))
+    assert got == parts and len(exp.cam) == 2, "the map itself always comes back"
+    if exp.heatmap is not None:
+        heat = Image.open(io.BytesIO(base64.b64decode(exp.heatmap.partition("base64,")[2])))
+        assert heat.mode == "P", "the heatmap is a palette PNG: the colormap is its palette"
 
 
 def test_concurrent_burst_is_batched_and_each_gets_its_own_target(server, tiny_checkpoint: Path) -> None:
@@ -101,8 +119,8 @@ def test_registering_models_over_http_is_off(server) -> None:
                          headers=auth(server, "management"), timeout=30)
     assert resp.status_code >= 400
     listed = requests.get(f"{server.management_url}/models", headers=auth(server, "management"), timeout=30)
-    assert [m["modelName"] for m in listed.json()["models"]] == ["tiny"]
-    assert server.client().models() == ["tiny"]
+    assert [m["modelName"] for m in listed.json()["models"]] == ["fusion", "signed", "tiny"]
+    assert server.client().models() == ["fusion", "signed", "tiny"]
 
 
 def test_every_port_is_loopback(server) -> None:
