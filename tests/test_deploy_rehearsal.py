@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ import requests
 
 from camserve.client import Client
 from camserve.errors import ServerUnavailable, Unauthorized
-from deploy.rehearsal import Topology, nginx_binary, stream_module_line, topology, wait_pod_ready
+from deploy.rehearsal import ENTRYPOINT, Pod, Topology, nginx_binary, stream_module_line, topology, wait_pod_ready
 from scripts import analyze_errors, archive
 from tests.harness import CLASSES, make_checkpoint, png_bytes
 
@@ -202,11 +203,18 @@ def test_a_burst_through_the_front_survives_losing_a_pod(stack: Topology, tmp_pa
                 1000 * recovered)
 
 
+def health(pod: Pod, *flags: str) -> int:
+    """The image's HEALTHCHECK and the startup/readiness/liveness probes' command, in the pod."""
+    return subprocess.run([str(ENTRYPOINT), "health", *flags], env=pod.env, capture_output=True).returncode
+
+
 def test_a_crashed_torchserve_answers_503_at_its_proxy_until_the_restart(stack: Topology) -> None:
     pod = stack.pods[0]
     old_key = pod.server.token()
+    assert health(pod) == 0 and health(pod, "--live") == 0
     pod.kill_torchserve()
     assert pod.serve.returncode != 0 and pod.proxy.poll() is None
+    assert health(pod) != 0 and health(pod, "--live") != 0
     resp = post(pod.url, stack.token)
     assert resp.status_code == 503 and resp.json()["type"] == "ServerUnavailable"
     assert resp.headers.get("Connection") == "close"
@@ -218,3 +226,4 @@ def test_a_crashed_torchserve_answers_503_at_its_proxy_until_the_restart(stack: 
     wait_pod_ready(pod, ["tiny"], timeout=120)
     assert pod.server.token() != old_key  # a new instance, a new key: the proxy reloaded it
     assert post(pod.url, stack.token).status_code == 200
+    assert health(pod) == 0

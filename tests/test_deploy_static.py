@@ -253,3 +253,9 @@ def test_image_pins_match_the_tested_versions() -> None:
     assert f"ARG TORCH_VERSION={pins['torch']}" in dockerfile
     assert f"ARG TORCHVISION_VERSION={pins['torchvision']}" in dockerfile
     assert re.findall(r"^FROM (\S+:\S+) AS base$", dockerfile, re.M) == ["python:3.11.13-slim-bookworm"]
+
+
+def test_app_refuses_to_start_without_the_token_file(tmp_path: Path) -> None:
+    env = {**os.environ, "CAMSERVE_TOKEN_FILE": str(tmp_path / "absent")}
+    result = subprocess.run([str(DEPLOY / "entrypoint.sh"), "app"], env=env, capture_output=True, text=True)
+    assert result.returncode == 64 and "token file" in result.stderr
