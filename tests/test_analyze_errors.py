@@ -25,13 +25,22 @@ import torch
 from PIL import Image
 
 from camserve.analysis.cards import CARD_SIDE, Masks, overlay
-from camserve.analysis.dataset import safe_component, safe_stems, scan
+from camserve.analysis.dataset import Item, safe_component, safe_stems, scan
+from camserve.analysis.localisation import upsample_cam
 from camserve.analysis.records import Record, RecordLog, read_log
-from camserve.analysis.remote import Servers
+from camserve.analysis.remote import Remote, Servers, Settings
 from camserve.analysis.runner import run_pool, with_retries
 from camserve.checkpoint import load_checkpoint
 from camserve.client import Client
-from camserve.errors import InvalidRequest, ResumeMismatch, ServerError, ServerTimeout, ServerUnavailable, WorkerDied
+from camserve.errors import (
+    InvalidRequest,
+    ResumeMismatch,
+    ServerError,
+    ServerTimeout,
+    ServerUnavailable,
+    WorkerDied,
+    from_payload,
+)
 from camserve.explainer import Explainer
 from camserve.imaging import decode_image, decode_mask, preprocess
 from scripts import analyze_errors, archive
@@ -148,6 +157,56 @@ def test_unreachable_server_is_a_setup_error(tmp_path: Path, capsys):
     assert rc == 2 and "not reachable" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag,value", [("--timeout", "inf"), ("--timeout", "0"), ("--timeout", "nan"),
+                                        ("--top-k", "0"), ("--concurrency", "-1"), ("--retries", "x"),
+                                        ("--alpha", "1.5"), ("--backoff", "-1"), ("--method", "cam"),
+                                        ("--dilate-px", "-2"), ("--colormap", "rainbow")])
+def test_bad_flag_values_exit_2_with_a_usage_message(flag: str, value: str, capsys):
+    with pytest.raises(SystemExit) as info:
+        analyze_errors.build_parser().parse_args([flag, value])
+    assert info.value.code == 2 and "usage:" in capsys.readouterr().err
+
+
+def test_old_flag_spellings_still_work_but_are_hidden(capsys):
+    args = analyze_errors.build_parser().parse_args(["--data", "d", "--out", "o", "--server-url", "http://a",
+                                                     "--key-file", "k1", "--token-file", "k2"])
+    assert (args.data_dir, args.output_dir, args.url, args.token_file) == (Path("d"), Path("o"), ["http://a"],
+                                                                           [Path("k1"), Path("k2")])
+    with pytest.raises(SystemExit):
+        analyze_errors.build_parser().parse_args(["--help"])
+    shown = capsys.readouterr().out
+    assert "--data-dir" in shown and "--server-url" not in shown and "--key-file" not in shown
+
+
+class FakeClient:
+    """Answers every request with one error (or counts calls)."""
+
+    def __init__(self, errors: list[Exception]) -> None:
+        self.errors, self.calls = errors, 0
+
+    def explain(self, model, image, mask=None, **options):
+        self.calls += 1
+        raise self.errors[min(self.calls - 1, len(self.errors) - 1)]
+
+
+def test_failures_are_recorded_with_their_real_type(tmp_path: Path, monkeypatch):
+    image = tmp_path / "COVID" / "a.png"
+    image.parent.mkdir()
+    image.write_bytes(tinted_png(0, 1))
+    item = Item("COVID/a.png", image, "COVID")
+    cases = [([from_payload(413, "")], "PayloadTooLarge (413): the request is larger than the server's "
+                                       "max_request_size", 1),
+             ([WorkerDied("Worker died.")] * 3, "WorkerDied (507) after 3 attempts: Worker died.", 3),
+             ([ServerTimeout("no answer")] * 3, "ServerTimeout (503) after 3 attempts: no answer", 3),
+             ([ServerError("boom")], "ServerError (500): boom", 1)]
+    for errors, reason, calls in cases:
+        fake = FakeClient(errors)
+        remote = Remote(Servers(["http://a"], ["t"], 1.0), Settings("m", retries=2, backoff=0.01))
+        monkeypatch.setattr(remote.servers, "client", lambda attempt, fake=fake: fake)
+        record = remote.predict(item, CLASSES)
+        assert (record.status, record.stage, record.reason, fake.calls) == ("failed", "request", reason, calls)
+
+
 # ---------------------------------------------------------------- end to end
 
 # Folder -> tint of each of its images. A tint is the class the model was built to predict for it, so
@@ -248,6 +307,35 @@ def reference(centroid_checkpoint: Path, dataset) -> dict[str, tuple[str, list[f
             for rel, r in zip(images, ex.handle(rows), strict=True)}
 
 
+@pytest.fixture(scope="module")
+def lesions(dataset) -> tuple[Path, dict[str, np.ndarray]]:
+    """Lesion masks: a 12 px square in one corner for COVID and Viral_Pneumonia images, empty for
+    Normal ones, none for one image."""
+    data, _, images, _ = dataset
+    folder = data.parent / "lesions"
+    arrays = {}
+    for k, rel in enumerate(sorted(images)):
+        if rel == "COVID/x ray (1).png":
+            continue
+        mask = np.zeros((40, 48), bool)
+        if not rel.startswith("Normal/"):
+            mask[:12, :12] = k % 2 == 0
+            mask[-12:, -12:] = k % 2 == 1
+        arrays[rel] = mask
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(mask.astype(np.uint8) * 255).save(folder / rel)
+    return folder, arrays
+
+
+@pytest.fixture(scope="module")
+def cams(centroid_checkpoint: Path, dataset) -> dict[str, np.ndarray]:
+    """In-process map of the predicted class of every image."""
+    _, _, images, _ = dataset
+    ex = Explainer.from_checkpoint(centroid_checkpoint, "centroid")
+    answers = ex.handle([{"data": png, "explain": b"gradcam"} for png in images.values()])
+    return {rel: np.asarray(r.explanation.cam) for rel, r in zip(images, answers, strict=True)}
+
+
 def run(served, dataset, out: Path, *extra: str) -> int:
     data, masks, _, _ = dataset
     return analyze_errors.main(["--data-dir", str(data), "--masks-dir", str(masks), "--output-dir", str(out),
@@ -261,9 +349,9 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def report(served, dataset, tmp_path_factory) -> SimpleNamespace:
-    """One full run (two URLs of the same server, 6 in flight, figures, maps of the top 3 errors), with
-    every request the client sent recorded."""
+def report(served, dataset, lesions, tmp_path_factory) -> SimpleNamespace:
+    """One full run (two URLs of the same server, 6 in flight, lesion masks, figures, maps of the top 3
+    errors), with every request the client sent recorded."""
     out = tmp_path_factory.mktemp("report") / "out"
     calls: list[tuple[bytes, bool, dict]] = []
     original = Client.explain
@@ -275,7 +363,7 @@ def report(served, dataset, tmp_path_factory) -> SimpleNamespace:
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
         patch.setattr(Client, "explain", spy)
         rc = run(served, dataset, out, "--url", served.url, "--concurrency", "6", "--visualize", "--gradcam",
-                 "--top-k", "3")
+                 "--top-k", "3", "--lesion-masks", str(lesions[0]))
     return SimpleNamespace(rc=rc, out=out, printed=printed.getvalue(), calls=calls,
                            html=(out / "report.html").read_text(encoding="utf-8"),
                            summary=json.loads((out / "error_summary.json").read_text()))
@@ -382,7 +470,9 @@ def test_headline_agrees_with_the_csvs(report):
         inside = (conf >= edges[b]) & ((conf < edges[b + 1]) if b < 14 else (conf <= 1.0))
         if inside.any():
             ece += inside.mean() * abs(ok[inside].mean() - conf[inside].mean())
-    focus = np.array([float(r["focus_score"]) if r["focus_score"] else np.nan for r in rows])
+    played = [r for r in rows if r["pointing_game_hit"]]
+    hits_right = [int(r["pointing_game_hit"]) for r in played if r["true_label"] == r["pred_label"]]
+    hits_wrong = [int(r["pointing_game_hit"]) for r in played if r["true_label"] != r["pred_label"]]
 
     lines = report.summary["headline"]
     assert 3 <= len(lines) <= 5
@@ -394,21 +484,21 @@ def test_headline_agrees_with_the_csvs(report):
                         f"({100 * count / (n - right):.1f}%); the weakest class is {worst} (recall "
                         f"{100 * recall[worst]:.1f}%, {missed} of {support[worst]} missed).")
     assert lines[2].startswith(f"Calibration: ECE {ece:.3f} over 15 bins")
-    right_median = np.nanmedian(focus[ok])
-    assert lines[3].startswith(f"The maps put a median share of their weight inside the mask of {right_median:.2f} "
-                               "when right")
+    assert f"{100 * np.mean(hits_right):.0f}% ({sum(hits_right)} of {len(hits_right)} lesion images, mask dilated " \
+           f"by 4 px); when it is wrong, {100 * np.mean(hits_wrong):.0f}% ({sum(hits_wrong)} of {len(hits_wrong)})." \
+           in lines[3] and lines[3].startswith("When the model is right, its map's peak is ")
     assert all(html_escape(line) in report.html for line in lines)
 
 
 @pytest.mark.integration
-def test_provenance_names_model_data_command_and_servers(report, served, dataset):
+def test_provenance_names_model_data_command_and_servers(report, served, dataset, lesions):
     data, masks, images, _ = dataset
     prov = json.loads((report.out / "provenance.json").read_text())
     info = served.client().describe("centroid")
     assert prov["model"] == {"name": "centroid", "version": info.version, "arch": "resnet18", "classes": CLASSES,
                              "layer": info.layer, "input_size": 64}
-    assert (prov["data_dir"], prov["masks_dir"], prov["lesion_masks_dir"]) == (str(data.resolve()),
-                                                                                str(masks.resolve()), None)
+    assert (prov["data_dir"], prov["masks_dir"], prov["lesion_masks_dir"]) == (
+        str(data.resolve()), str(masks.resolve()), str(lesions[0].resolve()))
     assert prov["servers"] == [served.url, served.url] and prov["method"] == "gradcam"
     assert prov["images"] == {"files": 23, "analysed": 18, "failed": 5}
     listed = sorted([*images, "COVID/corrupt.png", "Normal/notes.txt", "Other/o1.png", "README.md", "COVID/loop"])
@@ -421,7 +511,7 @@ def test_provenance_names_model_data_command_and_servers(report, served, dataset
 
 
 @pytest.mark.integration
-def test_error_cards_carry_the_predicted_and_the_true_class_maps(report, dataset, centroid_checkpoint):
+def test_error_cards_carry_the_predicted_and_the_true_class_maps(report, dataset, lesions, centroid_checkpoint):
     _, _, images, masks = dataset
     ex = Explainer.from_checkpoint(centroid_checkpoint, "centroid")
     cards = report.html.split('<div class="card">')[1:]
@@ -437,13 +527,43 @@ def test_error_cards_carry_the_predicted_and_the_true_class_maps(report, dataset
             exp = ex.handle([{"data": images[rel], "explain": b"gradcam",
                               "target": str(CLASSES.index(cls)).encode()}])[0].explanation
             want = overlay(image, exp, "jet", 0.5, CARD_SIDE)
-            if rel in masks:
-                want = Masks(roi=decode_mask(masks[rel], image.size)).outline(want)
+            want = Masks(roi=decode_mask(masks[rel], image.size) if rel in masks else None,
+                         lesion=lesions[1].get(rel)).outline(want)
             got = np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"), dtype=int)
             assert got.shape == np.asarray(want).shape and np.abs(got - np.asarray(want, dtype=int)).max() <= 2, cls
             shown[cls] = got
         assert np.abs(shown[pred] - shown[true]).max() > 50  # two different maps, not one shown twice
         assert "p(true class)" in card and "raw map maximum (cam_max)" in card
+
+
+def in_dilated(mask: np.ndarray, where: tuple[int, int], px: int) -> bool:
+    """Whether a mask pixel lies within ``px`` (Euclidean) of ``where``: the dilation, checked directly."""
+    ys, xs = np.nonzero(mask)
+    return bool(((ys - where[0]) ** 2 + (xs - where[1]) ** 2 <= px ** 2).any())
+
+
+@pytest.mark.integration
+def test_localisation_against_lesion_masks(report, lesions, cams):
+    rows = {r["path"]: r for r in read_csv(report.out / "predictions.csv")}
+    masks = lesions[1]
+    loc = report.summary["localisation"]
+    assert loc["masks"] == {"empty": 6, "missing": 1, "ok": 11} and loc["dilate_px"] == 4
+    for rel, row in rows.items():
+        mask = masks.get(rel)
+        if mask is None or not mask.any():
+            assert row["pointing_game_hit"] == row["lesion_focus"] == "", rel
+            continue
+        up = upsample_cam(cams[rel], *mask.shape)
+        peak = np.unravel_index(int(np.argmax(up)), up.shape)
+        assert row["pointing_game_hit"] == str(int(up.max() > 0 and in_dilated(mask, peak, 4))), rel
+        if up.sum() > 0:
+            assert float(row["lesion_focus"]) == pytest.approx(up[mask].sum() / up.sum(), abs=1e-6), rel
+        else:  # no positive evidence: a miss, and no focus
+            assert row["lesion_focus"] == "" and row["pointing_game_hit"] == "0", rel
+    game = loc["pointing_game"]
+    assert game["all"]["n"] == 11 == game["correct"]["n"] + game["wrong"]["n"]
+    assert game["all"]["hits"] == sum(int(r["pointing_game_hit"] or 0) for r in rows.values())
+    assert "Localisation against the lesion masks" in report.html and html_escape(loc["reading"]) in report.html
 
 
 @pytest.mark.integration
