@@ -43,6 +43,7 @@ from camserve.errors import (
 )
 from camserve.explainer import Explainer
 from camserve.imaging import decode_image, decode_mask, preprocess
+from camserve.schema import ExplainResponse, Explanation, Faithfulness, ModelInfo, Prediction, Target
 from scripts import analyze_errors, archive
 from tests.conftest import CLASSES, make_checkpoint
 from tests.harness import free_port, torchserve
@@ -205,6 +206,38 @@ def test_failures_are_recorded_with_their_real_type(tmp_path: Path, monkeypatch)
         monkeypatch.setattr(remote.servers, "client", lambda attempt, fake=fake: fake)
         record = remote.predict(item, CLASSES)
         assert (record.status, record.stage, record.reason, fake.calls) == ("failed", "request", reason, calls)
+
+
+def test_faithfulness_and_lesion_scores_reach_the_record(tmp_path: Path, monkeypatch):
+    image, lesion = tmp_path / "COVID" / "a.png", tmp_path / "lesions" / "COVID" / "a.png"
+    for path in (image, lesion):
+        path.parent.mkdir(parents=True)
+    image.write_bytes(tinted_png(0, 1, size=(8, 8)))
+    spot = np.zeros((8, 8), np.uint8)
+    spot[6:, 6:] = 255  # bottom-right corner
+    Image.fromarray(spot).save(lesion)
+    cam = [[0.0, 0.0], [0.0, 1.0]]  # the peak is in the bottom-right quarter
+    faith = Faithfulness(0.8, 0.2, 0.75, False, 0.1, 0.875)
+    answer = ExplainResponse(
+        model=ModelInfo("m", "1", "resnet18", "layer4", CLASSES, 64),
+        prediction=Prediction("Normal", 1, 0.8), topk=[], probabilities={"COVID": 0.1, "Normal": 0.8,
+                                                                          "Viral_Pneumonia": 0.1},
+        explanation=Explanation("layercam", Target("Normal", 1), cam, 2.0, None, None, None, faith))
+    sent = []
+
+    class Answers:
+        def explain(self, model, data, mask=None, **options):
+            sent.append(options)
+            return answer
+    remote = Remote(Servers(["http://a"], ["t"], 1.0), Settings("m", "layercam", lesions=True, faithfulness=True))
+    monkeypatch.setattr(remote.servers, "client", lambda attempt: Answers())
+    record = remote.predict(Item("COVID/a.png", image, "COVID", lesion=lesion), CLASSES)
+    assert sent == [{"explain": "layercam", "images": "none", "faithfulness": "true"}]
+    assert record.faithfulness == {"average_drop": 0.75, "increase": 0.0, "deletion_drop": 0.875}
+    assert (record.lesion, record.hit, record.pred, record.probs) == ("ok", True, "Normal", [0.1, 0.8, 0.1])
+    # bilinear 2 -> 8 weights of the bright cell per row/column: 0 0 .125 .375 .625 .875 1 1 (sum 4);
+    # the 2x2 lesion holds 1 x 1 of them per axis: (2 x 2) / (4 x 4)
+    assert record.lesion_focus == pytest.approx(0.25, abs=1e-6)
 
 
 # ---------------------------------------------------------------- end to end
