@@ -27,17 +27,26 @@ DEFAULT_MANAGEMENT_URL = "http://127.0.0.1:8081"
 
 
 def read_token(key_file: str | Path, kind: str = "inference") -> str:
-    """A key from TorchServe's ``key_file.json`` (``inference``, ``management`` or ``API``).
+    """A key from TorchServe's ``key_file.json`` (``inference``, ``management`` or ``API``), or the whole
+    content of a plain token file (one line: e.g. a mounted Kubernetes Secret in front of a deployment).
 
     Raises:
-        DataError: The file is missing, unreadable or has no such key.
+        DataError: The file is missing, unreadable, empty or has no such key.
     """
     path = Path(key_file)
     try:
-        return str(json.loads(path.read_text())[kind]["key"])
+        text = path.read_text().strip()
     except FileNotFoundError as exc:
         raise DataError(f"token file {str(path)!r} not found: start TorchServe first (make serve)") from exc
-    except (OSError, KeyError, TypeError, ValueError) as exc:
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"token file {str(path)!r} cannot be read ({type(exc).__name__})") from exc
+    if not text.startswith("{"):
+        if not text or len(text.splitlines()) != 1:
+            raise DataError(f"token file {str(path)!r} must hold TorchServe's JSON keys or one token line")
+        return text
+    try:
+        return str(json.loads(text)[kind]["key"])
+    except (KeyError, TypeError, ValueError) as exc:
         raise DataError(f"token file {str(path)!r} has no {kind!r} key") from exc
 
 

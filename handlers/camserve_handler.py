@@ -134,10 +134,14 @@ def record_metrics(context: Any, results: list[Result], elapsed_ms: float) -> No
         from ts.metrics.dimension import Dimension  # TorchServe's own; absent outside a worker
         from ts.metrics.metric_type_enum import MetricTypes
 
-        metrics.add_time("CamserveRequestLatencyMs", elapsed_ms, None, "ms")
-        metrics.add_metric("CamserveBatchSize", len(results), "count", None, [], MetricTypes.GAUGE)
+        # Declared in the deployed metrics config (deploy/torchserve/metrics.yaml); fresh dimension lists
+        # each call: TorchServe's default list is shared and mutated.
+        metrics.add_metric("CamserveRequestLatencyMs", elapsed_ms, "ms", dimensions=[],
+                           metric_type=MetricTypes.HISTOGRAM)
+        metrics.add_metric("CamserveBatchSize", len(results), "count", dimensions=[],
+                           metric_type=MetricTypes.HISTOGRAM)
         for result in results:
             if isinstance(result, RequestError):
-                metrics.add_counter("CamserveRejectedRequests", 1, None, [Dimension("Code", str(result.status))])
+                metrics.add_counter("CamserveRejectedRequests", 1, dimensions=[Dimension("Code", str(result.status))])
     except Exception:
         log.debug("camserve: metrics not recorded", exc_info=True)
