@@ -262,7 +262,8 @@ class BinaryMetrics:
 
     The served prediction is the more probable class, ties to the lower index (as the server picks),
     i.e. positive when p(positive) > ``threshold`` = 0.5 for positive class 1 (>= 0.5 for class 0).
-    Counts and rates come from those predictions; rates are ``None`` when undefined (0/0).
+    Counts and rates come from those predictions; a rate is ``None`` when undefined (0/0):
+    sensitivity TP/(TP+FN), specificity TN/(TN+FP), PPV TP/(TP+FP), NPV TN/(TN+FN).
     """
 
     positive: int
@@ -271,28 +272,16 @@ class BinaryMetrics:
     fp: int
     tn: int
     fn: int
+    sensitivity: float | None
+    specificity: float | None
+    ppv: float | None
+    npv: float | None
     roc: Curve
     pr: Curve
 
-    @staticmethod
-    def _rate(num: int, den: int) -> float | None:
-        return num / den if den else None
 
-    @property
-    def sensitivity(self) -> float | None:
-        return self._rate(self.tp, self.tp + self.fn)
-
-    @property
-    def specificity(self) -> float | None:
-        return self._rate(self.tn, self.tn + self.fp)
-
-    @property
-    def ppv(self) -> float | None:
-        return self._rate(self.tp, self.tp + self.fp)
-
-    @property
-    def npv(self) -> float | None:
-        return self._rate(self.tn, self.tn + self.fn)
+def _rate(num: int, den: int) -> float | None:
+    return num / den if den else None
 
 
 def binary_metrics(probs: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, positive: int = 1) -> BinaryMetrics:
@@ -303,7 +292,8 @@ def binary_metrics(probs: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, po
     score = np.asarray(probs, dtype=np.float64).reshape(-1, 2)[:, positive]
     tp, fp = int((called & (y == 1)).sum()), int((called & (y == 0)).sum())
     fn, tn = int((~called & (y == 1)).sum()), int((~called & (y == 0)).sum())
-    return BinaryMetrics(positive, 0.5, tp, fp, tn, fn, roc_curve(y, score), pr_curve(y, score))
+    return BinaryMetrics(positive, 0.5, tp, fp, tn, fn, _rate(tp, tp + fn), _rate(tn, tn + fp), _rate(tp, tp + fp),
+                         _rate(tn, tn + fn), roc_curve(y, score), pr_curve(y, score))
 
 
 def one_vs_rest_auc(probs: np.ndarray, y_true: np.ndarray) -> list[float | None]:
