@@ -198,7 +198,8 @@ def write_report(an: Analysis, scanned: Scan, info: ModelInfo, remote: Remote, a
                                       "csv_rows_outside_data_dir": table.outside}
     items = {it.rel: it for it in scanned.items}
     clinical = {rel: table.lookup(rel) or {} for rel in an.rels} if table is not None else None
-    style = gallery.Style(args.method, args.colormap, args.alpha, args.visualize, args.top_k, bool(info.tabular))
+    style = gallery.Style(args.method, args.colormap, args.alpha, args.visualize, args.top_k, bool(info.tabular),
+                          args.gradcam)
     cards, files = gallery.error_gallery(an, items, out, safe_stems(an.rels), maps, style, clinical)
     figs = figures.write_figures(out / "figures", an) if args.visualize and an.n else {}
     failures = an.failures + sorted(map_failures, key=lambda f: f.rel)

@@ -178,7 +178,8 @@ def roc_pr(path: Path, an: Analysis) -> Path:
     roc_ax.set_title(f"ROC, {pos} as positive")
     roc_ax.legend(loc="lower right", fontsize="small")
     ap = "n/a" if bm.pr.area is None else f"{bm.pr.area:.3f}"
-    pr_ax.plot(bm.pr.x, bm.pr.y, drawstyle="steps-post", label=f"PR, average precision = {ap}")
+    # steps-pre: over (R_{n-1}, R_n] the curve is at P_n, so the area under the steps is the average precision
+    pr_ax.plot(bm.pr.x, bm.pr.y, drawstyle="steps-pre", label=f"PR, average precision = {ap}")
     prevalence = float(np.mean(an.y_true == 1)) if an.n else 0.0
     pr_ax.axhline(prevalence, color="k", ls=":", lw=0.8, label=f"prevalence {prevalence:.2f}")
     if bm.sensitivity is not None and bm.ppv is not None:

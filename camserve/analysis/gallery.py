@@ -33,6 +33,7 @@ class Style:
     visualize: bool = False
     top_k: int = 20
     tabular: bool = False  # the model takes clinical fields: cards list them
+    maps_requested: bool = False  # --gradcam: a card without maps had its request fail
 
 
 def panel_name(method: str) -> str:
@@ -116,7 +117,8 @@ def error_gallery(an: Analysis, items: Mapping[str, Item], out: Path, stems: Map
             note = ""
         else:
             pictures = [_picture("image", masks.outline(K.thumbnail(image)), rel)]
-            note = "Maps not requested: run with --gradcam." if not maps else "The map request failed (failures.csv)."
+            note = ("The map request failed (see failures.csv)." if style.maps_requested
+                    else "Maps not requested: run with --gradcam.")
         cards.append(Card(rel, true, pred, conf, pictures, _facts(an, i, two, masks),
                           (clinical or {}).get(rel, {}) if style.tabular else None, note))
     return cards, files

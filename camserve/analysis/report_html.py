@@ -24,7 +24,8 @@ img.map{width:100%;height:auto;image-rendering:pixelated}.card ul{margin:.4em 0;
 .muted{color:#777}table.cm button{min-width:4em;padding:.4em;border:1px solid #999;cursor:pointer;font:inherit}
 table.cm button[aria-pressed=true]{outline:3px solid #222}.zero{color:#aaa;padding:.4em}
 .thumbs{display:flex;flex-wrap:wrap;gap:8px}.thumbs figure{margin:0;width:110px;font-size:11px;word-break:break-all}
-img.thumb{width:110px;height:auto;image-rendering:pixelated}.legend-roi{color:#888}.legend-lesion{color:#c0c}"""
+img.thumb{width:110px;height:auto;image-rendering:pixelated}table.prov th{white-space:nowrap;vertical-align:top}
+table.prov td{word-break:break-all}.legend-roi{color:#888}.legend-lesion{color:#c0c}"""
 
 
 def _overview(s: Mapping[str, Any]) -> str:
@@ -53,7 +54,9 @@ def _provenance(p: Mapping[str, Any]) -> str:
             ("server(s)", ", ".join(p["servers"])), ("command", p["command"]),
             ("images", f"{images['files']} files listed, {images['analysed']} analysed, {images['failed']} failed"),
             ("file list sha256", p["file_list_sha256"]), ("camserve", p["camserve_version"])]
-    return table(["", ""], rows, "prov")
+    body = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows)
+    return f'<table class="prov">{body}</table>'
+
 
 
 def _binary(b: Mapping[str, Any]) -> str:
@@ -127,10 +130,13 @@ def render(summary: Mapping[str, Any], confusion: Mapping[str, Any], figures: Ma
                   for name, path in figures.items()]
     else:
         parts.append('<p class="muted">Figures not drawn: run with --visualize.</p>')
+    outlines = [text for key, text in (("masks_dir", '<span class="legend-roi">white = mask</span>'),
+                                       ("lesion_masks_dir", '<span class="legend-lesion">magenta = lesion</span>'))
+                if provenance.get(key)]
     parts += ["<h2>Most confident errors</h2>",
               '<p class="muted">Each card: the image, the map of the predicted class and the map of the true class '
-              '(one colour scale per map); outlines: <span class="legend-roi">white = mask</span>, '
-              '<span class="legend-lesion">magenta = lesion</span>.</p>', cards(error_cards)]
+              "(each map on its own colour scale: cam_max is its raw maximum)"
+              + (f"; outlines: {', '.join(outlines)}" if outlines else "") + ".</p>", cards(error_cards)]
     if summary.get("localisation"):
         parts.append(_localisation(summary["localisation"]))
     focus = summary.get("focus_score")
