@@ -56,7 +56,7 @@ from camserve.analysis.results import Analysis, collect  # noqa: E402
 from camserve.analysis.runner import run_pool  # noqa: E402
 from camserve.client import read_token  # noqa: E402
 from camserve.clinical_table import ClinicalTable, read_table  # noqa: E402
-from camserve.errors import CamserveError, DataError  # noqa: E402
+from camserve.errors import CamserveError, DataError, excerpt  # noqa: E402
 from camserve.schema import CAM_METHODS, COLORMAPS, DEFAULT_ALPHA, Explanation, ModelInfo  # noqa: E402
 
 log = logging.getLogger("analyze_errors")
@@ -124,6 +124,11 @@ def concurrency(args: argparse.Namespace, remote: Remote) -> int:
     return int(args.concurrency or args.batch_size * len(remote.servers.urls))
 
 
+def unexpected(exc: BaseException) -> str:
+    """The recorded reason of an error no code path expected (a bug): its type and a bounded excerpt."""
+    return f"{type(exc).__name__}: {excerpt(str(exc), 200)}"
+
+
 def run_predictions(todo: list[Item], remote: Remote, args: argparse.Namespace, classes: list[str],
                     records: RecordLog) -> None:
     with tqdm(total=len(todo), unit="img", desc="analyze", dynamic_ncols=True) as bar:
@@ -131,7 +136,7 @@ def run_predictions(todo: list[Item], remote: Remote, args: argparse.Namespace, 
             records.write(rec)
             bar.update(1)
         run_pool(todo, lambda it: remote.predict(it, classes),
-                 lambda it, exc: Record.failed(it.rel, it.label, "request", f"{type(exc).__name__}: {exc}"),
+                 lambda it, exc: Record.failed(it.rel, it.label, "request", unexpected(exc)),
                  sink, concurrency(args, remote))
 
 
@@ -154,7 +159,7 @@ def request_maps(an: Analysis, scanned: Scan, remote: Remote, args: argparse.Nam
         if isinstance(value, CamserveError):
             failures.append(Failure(an.rels[i], "gradcam", remote.failure_reason(value)))
         elif isinstance(value, Exception):
-            failures.append(Failure(an.rels[i], "gradcam", f"{type(value).__name__}: {value}"))
+            failures.append(Failure(an.rels[i], "gradcam", unexpected(value)))
         else:
             maps[an.rels[i]] = value
 
