@@ -130,12 +130,15 @@ class Client:
         body = self._call("GET", f"{self.management_url}/models", self._mgmt_headers)
         return sorted(m["modelName"] for m in body.get("models", []))
 
-    def _post(self, route: str, image: bytes, mask: bytes | None, options: Mapping[str, Any]) -> dict:
+    def _post(self, route: str, image: bytes, mask: bytes | None, options: Mapping[str, Any]) -> dict[str, Any]:
         files = {"data": ("image", image, "application/octet-stream")}
         if mask is not None:
             files["mask"] = ("mask", mask, "application/octet-stream")
         data = {k: json.dumps(v) if isinstance(v, Mapping) else str(v) for k, v in options.items() if v is not None}
-        return self._call("POST", f"{self.url}/{route}", self._headers, files=files, data=data)
+        body = self._call("POST", f"{self.url}/{route}", self._headers, files=files, data=data)
+        if not isinstance(body, dict):
+            raise CamserveError(f"unexpected answer from {route}: a JSON {type(body).__name__}, not an object")
+        return body
 
     def _call(self, method: str, url: str, headers: Mapping[str, str], **kwargs: Any) -> Any:
         try:

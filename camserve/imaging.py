@@ -90,7 +90,7 @@ def input_tensor(img: Image.Image, input_size: int) -> torch.Tensor:
     The server batches these and normalises on the model's device (:func:`preprocess` is the same
     computation on the CPU, for the trainers and the tests).
     """
-    resized = img.resize((input_size, input_size), Image.BILINEAR)
+    resized = img.resize((input_size, input_size), Image.Resampling.BILINEAR)
     return torch.from_numpy(np.array(resized, dtype=np.uint8)).permute(2, 0, 1)
 
 
@@ -116,7 +116,7 @@ def decode_mask(data: bytes, size: tuple[int, int], field: str = "mask") -> np.n
     """
     img = decode_image(data, field=field).convert("L")
     if img.size != size:
-        img = img.resize(size, Image.NEAREST)
+        img = img.resize(size, Image.Resampling.NEAREST)
     return np.asarray(img) > 127
 
 

@@ -184,7 +184,7 @@ def json_depth(data: bytes, stop: int = MAX_JSON_DEPTH) -> int:
 
 def _clinical_object(value: Any) -> dict[str, Scalar]:
     if isinstance(value, (bytes, bytearray, str)):
-        value = _json_object("clinical", value)
+        value = _json_object("clinical", bytes(value) if isinstance(value, bytearray) else value)
     if not isinstance(value, Mapping):
         raise InvalidRequest("field 'clinical' must be a JSON object of clinical field names to values")
     if len(value) > 256:
@@ -270,8 +270,8 @@ def class_index(name: str, value: Any, class_names: Sequence[str]) -> int:
 
 
 def _choice(name: str, value: Any, allowed: Sequence[str]) -> str:
-    text = str(value).strip().lower() if isinstance(value, str) else None
-    if text not in allowed:
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text is None or text not in allowed:
         raise InvalidRequest(f"field '{name}': {excerpt(value)} is not allowed; use one of {', '.join(allowed)}")
     return text
 

@@ -86,7 +86,7 @@ def blend(image: Image.Image, heatmap: Image.Image, alpha: float) -> Image.Image
 def shown_image(image: Image.Image, max_side: int) -> Image.Image:
     """The image at display size (aspect kept, never upscaled)."""
     size = display_size(image.width, image.height, max_side)
-    return image if image.size == size else image.resize(size, Image.BILINEAR)
+    return image if image.size == size else image.resize(size, Image.Resampling.BILINEAR)
 
 
 def render(image: Image.Image, cam: torch.Tensor, colormap: str, alpha: float, max_side: int

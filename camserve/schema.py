@@ -66,6 +66,9 @@ class ExplainOptions:
 
 @dataclass(frozen=True)
 class ModelInfo:
+    """What a served model is: ``cam_method`` is the map a request gets when it names none, and
+    ``fusion_layers`` the layers ``layercam-fusion`` fuses (``layer`` is every other method's)."""
+
     name: str
     version: str
     arch: str
@@ -73,6 +76,8 @@ class ModelInfo:
     classes: list[str]
     input_size: int
     tabular: dict[str, Any] | None = None  # the clinical-field schema of a multimodal model
+    cam_method: str = "gradcam"
+    fusion_layers: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

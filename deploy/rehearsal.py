@@ -35,7 +35,7 @@ REPO = DEPLOY.parent
 if str(REPO) not in sys.path:  # allow `python deploy/rehearsal.py`
     sys.path.insert(0, str(REPO))
 
-from tests.harness import Server, free_port, wait_ready  # noqa: E402
+from scripts.torchserve_local import Server, free_port, wait_ready  # noqa: E402
 
 ENTRYPOINT = DEPLOY / "entrypoint.sh"
 FRONT_CONF = DEPLOY / "nginx" / "front.conf"
@@ -69,7 +69,8 @@ class Pod:
     def __post_init__(self) -> None:
         work = self.root / "work"
         self.server = Server(f"http://127.0.0.1:{self.ports['INFERENCE']}",
-                             f"http://127.0.0.1:{self.ports['MANAGEMENT']}", work, work / "key_file.json",
+                             f"http://127.0.0.1:{self.ports['MANAGEMENT']}",
+                             f"http://127.0.0.1:{self.ports['METRICS']}", work, work / "key_file.json",
                              self.serve_log)
 
     @property
@@ -192,7 +193,8 @@ def start_pod(name: str, root: Path, model_store: Path, token_file: Path) -> Pod
 
 def wait_pod_ready(pod: Pod, models: list[str], timeout: float) -> None:
     """TorchServe has every model READY, and the proxy answers /ping with 200 (the readiness probe)."""
-    wait_ready(pod.server, pod.serve, models, timeout)
+    wait_ready(pod.server.management_url, pod.server.key_file, models, timeout,
+               alive=lambda: _alive(pod.serve, f"TorchServe of {pod.name}", pod.serve_log))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if pod.proxy.poll() is not None:
@@ -204,6 +206,11 @@ def wait_pod_ready(pod: Pod, models: list[str], timeout: float) -> None:
             pass
         time.sleep(0.2)
     raise RuntimeError(f"proxy of {pod.name} not ready:\n{pod.proxy_log.read_text()[-4000:]}")
+
+
+def _alive(proc: subprocess.Popen, what: str, log: Path) -> None:
+    if proc.poll() is not None:
+        raise RuntimeError(f"{what} exited ({proc.returncode}):\n{log.read_text()[-4000:]}")
 
 
 def nginx_binary() -> str:
