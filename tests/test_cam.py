@@ -97,7 +97,7 @@ def test_hooks_grad_flags_and_mode_restored_even_on_error() -> None:
     x = torch.randn(2, 3, SIZE, SIZE)
     ours(model, "resnet18", x, [0, 1])
     assert not layer._forward_hooks and model.training and model.fc.weight.requires_grad
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ValueError, match="class index 7 out of range"):
         ours(model, "resnet18", x, [0, 7])  # class 7 does not exist
     assert not layer._forward_hooks and model.training and model.fc.weight.requires_grad
     assert all(p.grad is None for p in model.parameters()), "no parameter gradient is ever computed"
