@@ -21,9 +21,26 @@ a map that is Grad-CAM at neither point.
 
 Other torchvision CNN classifiers get an automatic choice (:func:`auto_target_layer`), and any layer can
 be named by its dotted path.
+
+LayerCAM fusion (``layercam-fusion``) fuses the maps of several layers at the finest one's resolution;
+the defaults take the target layer's stage and the two before it (maps at 224 px):
+
+| arch            | fusion layers                                       | fused map |
+|-----------------|-----------------------------------------------------|-----------|
+| resnet18/50     | layer2, layer3, layer4                              | 28x28     |
+| densenet121     | features.denseblock2, features.denseblock3, features | 28x28    |
+| efficientnet_b0 | features.3, features.5, features.8                  | 28x28     |
+| mobilenet_v2    | features.6, features.13, features.18                | 28x28     |
+| vgg16           | features.15, features.22, features.29               | 56x56     |
+| alexnet         | features.4, features.7, features.11                 | 27x27     |
+
+Other models get :func:`auto_fusion_layers` (one whole stage at each of the three coarsest map sizes);
+a checkpoint or ``archive.py --fusion-layers`` may name its own.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -39,6 +56,17 @@ DEFAULT_TARGET_LAYERS: dict[str, str] = {
     "vgg16": "features.29",
     "alexnet": "features.11",
 }
+
+DEFAULT_FUSION_LAYERS: dict[str, tuple[str, ...]] = {
+    "resnet18": ("layer2", "layer3", "layer4"),
+    "resnet50": ("layer2", "layer3", "layer4"),
+    "densenet121": ("features.denseblock2", "features.denseblock3", "features"),
+    "efficientnet_b0": ("features.3", "features.5", "features.8"),
+    "mobilenet_v2": ("features.6", "features.13", "features.18"),
+    "vgg16": ("features.15", "features.22", "features.29"),
+    "alexnet": ("features.4", "features.7", "features.11"),
+}
+FUSION_DEPTH = 3  # layers fused by default: the target stage and the two finer ones before it
 
 SUPPORTED_ARCHS = tuple(DEFAULT_TARGET_LAYERS)
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
@@ -86,15 +114,66 @@ def auto_target_layer(model: nn.Module, input_size: int, dummy_inputs: tuple = (
         input_size: Side of the square input.
         dummy_inputs: Extra forward arguments (e.g. tabular features) for multi-input models.
     """
-    found: list[str] = []
+    leaves = [m for m in module_maps(model, input_size, dummy_inputs) if m.leaf and not m.pool]
+    if not leaves:
+        raise CheckpointError("no convolutional layer with a spatial map found: pass --target-layer")
+    return _stage_of(leaves[-1].name)
+
+
+def auto_fusion_layers(model: nn.Module, input_size: int, dummy_inputs: tuple = ()) -> tuple[str, ...]:
+    """The layers LayerCAM fusion uses when none are named: one per map size, the coarsest sizes.
+
+    For each of the ``FUSION_DEPTH`` smallest map sizes, the module with that output size that is
+    highest in the module tree (fewest dots; the last to finish among equals): a whole stage rather
+    than a layer inside it. Pooling layers, containers whose output is a pooling layer's, and modules
+    that run more than once per forward are never chosen. Returned in forward order; a model with
+    fewer map sizes gets fewer layers.
+    """
+    best: dict[int, SpatialOutput] = {}
+    for m in module_maps(model, input_size, dummy_inputs):
+        if m.pool or m.calls != 1:
+            continue
+        held = best.get(m.area)
+        if held is None or m.name.count(".") <= held.name.count("."):
+            best[m.area] = m
+    if not best:
+        raise CheckpointError("no convolutional layer with a spatial map found: pass --fusion-layers")
+    chosen = sorted((best[area] for area in sorted(best)[:FUSION_DEPTH]), key=lambda m: m.order)
+    return tuple(m.name for m in chosen)
+
+
+@dataclass
+class SpatialOutput:
+    """A module whose output is a 4-D map larger than 1x1, as seen in one forward."""
+
+    name: str
+    area: int  # h * w of its (last) output
+    order: int  # when it (last) finished, in the forward
+    calls: int
+    leaf: bool
+    pool: bool  # a pooling layer, or a container that returns a pooling layer's output
+
+
+def module_maps(model: nn.Module, input_size: int, dummy_inputs: tuple = ()) -> list[SpatialOutput]:
+    """Every named module with a spatial 4-D output in one forward on zeros, by the order it finished."""
+    seen: dict[str, SpatialOutput] = {}
+    pooled: list[torch.Tensor] = []  # kept alive, so that identity checks cannot match a recycled id
+    finished = iter(range(1 << 30))
     hooks = []
     for name, module in model.named_modules():
-        if not name or isinstance(module, _POOLS) or list(module.children()):
+        if not name:
             continue
+        leaf, is_pool = not list(module.children()), isinstance(module, _POOLS)
 
-        def record(_m: nn.Module, _i: tuple, out: object, name: str = name) -> None:
-            if isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[-1] * out.shape[-2] > 1:
-                found.append(name)
+        def record(_m: nn.Module, _i: tuple, out: object, name: str = name, leaf: bool = leaf,
+                   is_pool: bool = is_pool) -> None:
+            if not (isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[-1] * out.shape[-2] > 1):
+                return
+            if is_pool:
+                pooled.append(out)
+            calls = seen[name].calls + 1 if name in seen else 1
+            seen[name] = SpatialOutput(name, int(out.shape[-1] * out.shape[-2]), next(finished), calls, leaf,
+                                       is_pool or any(out is p for p in pooled))
 
         hooks.append(module.register_forward_hook(record))
     try:
@@ -103,9 +182,7 @@ def auto_target_layer(model: nn.Module, input_size: int, dummy_inputs: tuple = (
     finally:
         for h in hooks:
             h.remove()
-    if not found:
-        raise CheckpointError("no convolutional layer with a spatial map found: pass --target-layer")
-    return _stage_of(found[-1])
+    return sorted(seen.values(), key=lambda m: m.order)
 
 
 def _stage_of(leaf: str) -> str:

@@ -2,7 +2,8 @@
 
 Accepted layouts, all loaded with ``torch.load(..., weights_only=True)``:
 
-(a) camserve's own: ``{"state_dict", "arch", "class_names"[, "input_size", "mean", "std", "target_layer"]}``;
+(a) camserve's own: ``{"state_dict", "arch", "class_names"[, "input_size", "mean", "std", "target_layer",
+    "cam_method", "fusion_layers"]}``;
 (b) seed 000's: ``{"model_state_dict", "class_names", "model_name" or "arch"}``, keys possibly prefixed
     ``backbone.``, ``module.`` (DataParallel) or ``_orig_mod.`` (torch.compile);
 (c) a bare state_dict, with ``arch`` and ``class_names`` given by the caller.
@@ -27,7 +28,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from camserve.archs import DEFAULT_TARGET_LAYERS, auto_target_layer, build_arch, get_module
+from camserve.archs import (
+    DEFAULT_FUSION_LAYERS,
+    DEFAULT_TARGET_LAYERS,
+    auto_fusion_layers,
+    auto_target_layer,
+    build_arch,
+    get_module,
+)
+from camserve.cam_methods import METHODS
 from camserve.errors import CheckpointError
 from camserve.tabular import TabularSchema
 
@@ -43,6 +52,9 @@ class ModelSpec:
 
     ``num_outputs`` is the head size: ``len(class_names)`` for softmax heads, 1 for a single-logit
     binary head (then ``class_names`` is ``[negative, positive]`` and probabilities come from a sigmoid).
+    ``cam_method`` is the map a request gets when it names none (one of ``camserve.cam_methods.METHODS``);
+    ``fusion_layers`` are the layers ``layercam-fusion`` fuses (empty until :func:`build_model` settles
+    them: the arch's defaults, or an automatic choice).
     """
 
     arch: str
@@ -55,6 +67,8 @@ class ModelSpec:
     model_file: str | None = None
     model_args: dict[str, Any] = field(default_factory=dict)
     tabular: dict[str, Any] | None = None
+    cam_method: str = "gradcam"
+    fusion_layers: tuple[str, ...] = ()
 
     @property
     def single_logit(self) -> bool:
@@ -72,7 +86,8 @@ class ModelSpec:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        return {**d, "class_names": list(self.class_names), "mean": list(self.mean), "std": list(self.std)}
+        return {**d, "class_names": list(self.class_names), "mean": list(self.mean), "std": list(self.std),
+                "fusion_layers": list(self.fusion_layers)}
 
 
 def load_file(path: str | Path) -> Any:
@@ -165,7 +180,26 @@ def resolve_spec(meta: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor]
         model_file=str(model_file) if model_file else None,
         model_args=dict(merged.get("model_args") or {}),
         tabular=tabular,
+        cam_method=cam_method(merged.get("cam_method")),
+        fusion_layers=layer_list(merged.get("fusion_layers")),
     )
+
+
+def cam_method(value: Any) -> str:
+    """The model's default CAM method; raises ``CheckpointError`` for an unknown one."""
+    method = str(value or "gradcam")
+    if method not in METHODS:
+        raise CheckpointError(f"unknown CAM method {method!r}: use one of {', '.join(METHODS)}")
+    return method
+
+
+def layer_list(value: Any) -> tuple[str, ...]:
+    """Dotted layer names from a list or a comma-separated string (empty: choose automatically)."""
+    items = value.split(",") if isinstance(value, str) else list(value or ())
+    names = tuple(str(n).strip() for n in items if str(n).strip())
+    if len(set(names)) != len(names):
+        raise CheckpointError(f"fusion layers must be distinct, got {list(names)}")
+    return names
 
 
 def check_head(outputs: int, names: tuple[str, ...]) -> None:
@@ -177,10 +211,11 @@ def check_head(outputs: int, names: tuple[str, ...]) -> None:
 
 
 def build_model(spec: ModelSpec, state_dict: Mapping[str, torch.Tensor]) -> tuple[nn.Module, ModelSpec]:
-    """Rebuild the model, load the weights strictly and settle the target layer.
+    """Rebuild the model, load the weights strictly and settle the target and fusion layers.
 
     Returns:
-        The model in eval mode, and the spec with its target layer filled in (auto-located if empty).
+        The model in eval mode, and the spec with its target layer and fusion layers filled in (the
+        arch's defaults, or auto-located, where empty).
     """
     if spec.model_file:
         model = load_model_class(spec.model_file)(**spec.model_args)
@@ -200,8 +235,15 @@ def build_model(spec: ModelSpec, state_dict: Mapping[str, torch.Tensor]) -> tupl
     if spec.model_file:
         spec = replace(spec, num_outputs=custom_head_size(model, spec))
     layer = spec.target_layer or auto_target_layer(model, spec.input_size, spec.dummy_inputs()[1:])
-    get_module(model, layer)
-    return model, replace(spec, target_layer=layer)
+    fusion = spec.fusion_layers or DEFAULT_FUSION_LAYERS.get(spec.arch) or ()
+    if not fusion:
+        try:
+            fusion = auto_fusion_layers(model, spec.input_size, spec.dummy_inputs()[1:])
+        except CheckpointError:  # no spatial map but a named target layer: fuse that one alone
+            fusion = (layer,)
+    for name in (layer, *fusion):
+        get_module(model, name)
+    return model, replace(spec, target_layer=layer, fusion_layers=tuple(fusion))
 
 
 def custom_head_size(model: nn.Module, spec: ModelSpec) -> int:
@@ -247,8 +289,9 @@ def load_checkpoint(path: str | Path, **overrides: Any) -> tuple[nn.Module, Mode
     Args:
         path: The checkpoint file.
         **overrides: ``arch``, ``class_names``, ``input_size``, ``mean``, ``std``, ``target_layer``,
-            ``model_file`` (path of a custom model class), ``model_args``, ``tabular`` (schema dict);
-            ``None`` values are ignored.
+            ``cam_method``, ``fusion_layers`` (names, or one comma-separated string), ``model_file``
+            (path of a custom model class), ``model_args``, ``tabular`` (schema dict); ``None`` values
+            are ignored.
     """
     state_dict, meta = split_checkpoint(load_file(path))
     spec = resolve_spec(meta, state_dict, overrides)

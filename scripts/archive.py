@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", help="torchvision architecture (overrides the checkpoint's)")
     p.add_argument("--classes", type=class_list, help="class names, comma-separated, in head order")
     p.add_argument("--target-layer", help="dotted module name for Grad-CAM (default: per-arch map)")
+    p.add_argument("--cam-method", choices=cam_ops.METHODS,
+                   help="the map a request gets when it names none (default: the checkpoint's, or gradcam)")
+    p.add_argument("--fusion-layers", metavar="L1,L2,...",
+                   help="comma-separated dotted layers fused by layercam-fusion (default: per-arch map, or "
+                        "one layer per map size, the three coarsest)")
     p.add_argument("--input-size", type=positive_int, help="square input side (default: checkpoint's, or 224)")
     p.add_argument("--version", default="1.0", help="model version")
     p.add_argument("--model-store", type=Path, default=REPO / "model_store", help="where NAME.mar is written")
@@ -70,18 +75,22 @@ def validate(path: Path, args: argparse.Namespace) -> tuple[torch.nn.Module, Mod
             raise CheckpointError(f"cannot read the tabular schema {args.tabular_schema}: {exc}") from exc
     model, spec = load_checkpoint(path, arch=args.arch, class_names=args.classes,
                                   target_layer=args.target_layer, input_size=args.input_size,
+                                  cam_method=args.cam_method, fusion_layers=args.fusion_layers,
                                   model_file=args.model_file, model_args=args.model_args, tabular=tabular)
     if spec.tabular and not spec.model_file:
         raise CheckpointError("a tabular schema needs a custom model whose forward takes (image, tabular): "
                               "pass --model-file")
     x, *extra = spec.dummy_inputs()
-    try:
-        out = cam_ops.predict_and_explain(model, get_module(model, spec.target_layer), x, [None], extra)
-    except (TypeError, RuntimeError, ValueError) as exc:
-        raise CheckpointError(f"Grad-CAM at layer {spec.target_layer!r} fails: {exc}; "
-                              "choose another --target-layer") from exc
-    if out.cams is None or out.cams.dim() != 3:
-        raise CheckpointError(f"layer {spec.target_layer!r} gives no spatial map")
+    single = "gradcam" if spec.cam_method == cam_ops.FUSION else spec.cam_method
+    for method, names, flag in [(single, [spec.target_layer], "--target-layer"),
+                                (cam_ops.FUSION, list(spec.fusion_layers), "--fusion-layers")]:
+        try:
+            out = cam_ops.explain_batch(model, [get_module(model, n) for n in names], x, [[]], extra, method)
+        except (TypeError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"{method} at layer {', '.join(map(repr, names))} fails: {exc}; "
+                                  f"choose another {flag}") from exc
+        if out.cams is None or out.cams[0].dim() != 3:
+            raise CheckpointError(f"layer {', '.join(map(repr, names))} gives no spatial map")
     return model, spec
 
 

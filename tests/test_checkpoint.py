@@ -13,7 +13,7 @@ import pytest
 import torch
 import torchvision
 
-from camserve.checkpoint import load_checkpoint
+from camserve.checkpoint import load_checkpoint, save_checkpoint
 from camserve.errors import CheckpointError
 from scripts import archive
 from tests.conftest import CLASSES, make_checkpoint
@@ -129,3 +129,55 @@ def test_archive_writes_config_and_unpacked_mar_imports_its_own_core(tmp_path: P
                          check=True).stdout
     assert str(unpacked / "camserve" / "__init__.py") in out, "the handler must use the core packed in the .mar"
     assert "CamserveHandler" in out and out.count("class ") == 1
+
+
+def test_cam_method_and_fusion_layers_travel_with_the_weights(tmp_path: Path) -> None:
+    path = make_checkpoint(tmp_path / "a.pt", cam_method="layercam", fusion_layers=["layer3", "layer4"])
+    model, spec = load_checkpoint(path)
+    assert spec.cam_method == "layercam" and spec.fusion_layers == ("layer3", "layer4")
+    _, spec = load_checkpoint(path, cam_method="hirescam", fusion_layers="layer1, layer2")
+    assert spec.cam_method == "hirescam" and spec.fusion_layers == ("layer1", "layer2")
+    save_checkpoint(tmp_path / "b.pt", model, spec)
+    _, again = load_checkpoint(tmp_path / "b.pt")
+    assert again == spec
+
+
+@pytest.mark.parametrize("arch,expected", [("resnet18", ("layer2", "layer3", "layer4")),
+                                           ("resnet34", ("layer2", "layer3", "layer4")),
+                                           ("vgg11", ("features.9", "features.14", "features.19"))])
+def test_default_method_and_fusion_layers(tmp_path: Path, arch: str, expected: tuple) -> None:
+    """Per-arch defaults for the seven, an automatic choice (one stage per map size) for the others."""
+    _, spec = load_checkpoint(make_checkpoint(tmp_path / "a.pt", arch=arch))
+    assert spec.cam_method == "gradcam" and spec.fusion_layers == expected
+
+
+def test_archive_flags_set_method_and_fusion_layers(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    store = tmp_path / "store"
+    assert archive.main([str(tiny_checkpoint), "--name", "m", "--model-store", str(store),
+                         "--cam-method", "gradcam++", "--fusion-layers", "layer3,layer4"]) == 0
+    with zipfile.ZipFile(store / "m.mar") as mar:
+        mar.extract("weights.pt", tmp_path)
+    ckpt = torch.load(tmp_path / "weights.pt", weights_only=True)
+    assert ckpt["cam_method"] == "gradcam++" and ckpt["fusion_layers"] == ["layer3", "layer4"]
+
+
+@pytest.mark.parametrize("flags,match", [
+    (["--fusion-layers", "layer3,nope"], "target layer 'nope' does not exist"),
+    (["--fusion-layers", "layer3,fc"], "layercam-fusion at layer 'layer3', 'fc' fails"),
+    (["--fusion-layers", "layer4,layer4"], "fusion layers must be distinct"),
+    (["--target-layer", "fc", "--cam-method", "xgradcam"], "xgradcam at layer 'fc' fails"),
+])
+def test_archive_time_cam_errors(tmp_path: Path, tiny_checkpoint: Path, flags: list[str], match: str,
+                                 capsys: pytest.CaptureFixture) -> None:
+    assert archive.main([str(tiny_checkpoint), "--name", "bad", "--model-store", str(tmp_path), *flags]) == 2
+    assert match in capsys.readouterr().err
+    assert not (tmp_path / "bad.mar").exists()
+
+
+def test_unknown_cam_method(tmp_path: Path, tiny_checkpoint: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        archive.main([str(tiny_checkpoint), "--name", "bad", "--cam-method", "scorecam"])
+    assert exit_info.value.code == 2 and "invalid choice: 'scorecam'" in capsys.readouterr().err
+    path = make_checkpoint(tmp_path / "a.pt", cam_method="scorecam")
+    with pytest.raises(CheckpointError, match="unknown CAM method 'scorecam'"):
+        load_checkpoint(path)
