@@ -684,3 +684,29 @@ def test_a_worker_killed_mid_run_costs_no_image(served, dataset, reference, tmp_
     assert sum(sent[png] for png in images.values()) > len(images)  # some requests were lost and sent again
     after = worker_pids(served)
     assert len(after) == 1 and after != before
+
+
+@pytest.mark.integration
+def test_any_method_with_per_request_faithfulness(served, dataset, centroid_checkpoint, tmp_path: Path):
+    _, masks, images, mask_bytes = dataset
+    out = tmp_path / "out"
+    assert run(served, dataset, out, "--method", "gradcam++", "--faithfulness", "--gradcam", "--top-k", "1") == 1
+    ex = Explainer.from_checkpoint(centroid_checkpoint, "centroid")
+    rows = {r["path"]: r for r in read_csv(out / "predictions.csv")}
+    for rel, png in images.items():
+        mask = {"mask": mask_bytes[rel]} if rel in mask_bytes else {}
+        exp = ex.handle([{"data": png, "explain": b"gradcam++", "faithfulness": b"true", **mask}])[0].explanation
+        assert exp.method == "gradcam++" and exp.faithfulness is not None
+        want = (exp.faithfulness.average_drop, float(exp.faithfulness.increase), exp.faithfulness.deletion_drop)
+        got = tuple(float(rows[rel][k]) for k in ("average_drop", "increase", "deletion_drop"))
+        np.testing.assert_allclose(got, want, atol=1e-5, err_msg=rel)
+        if exp.focus_score is not None:
+            assert float(rows[rel]["focus_score"]) == pytest.approx(exp.focus_score, abs=1e-5), rel
+    summary = json.loads((out / "error_summary.json").read_text())
+    faith = summary["faithfulness"]
+    assert faith["method"] == "gradcam++" and faith["n"] == 18
+    assert faith["average_drop"]["all"]["mean"] == pytest.approx(np.mean([float(r["average_drop"])
+                                                                           for r in rows.values()]), abs=1e-6)
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "Faithfulness of the gradcam++ maps" in html and "gradcam++: predicted" in html
+    assert [p.name.rsplit("_", 1)[1] for p in (out / "gradcam_errors").rglob("*.png")] == ["gradcampp.png"]
