@@ -75,11 +75,11 @@ def _one_vs_rest(o: Mapping[str, Any]) -> str:
     return "<h2>One-vs-rest ROC AUC</h2>" + table(["class", "ROC AUC"], rows)
 
 
-def _groups(title: str, g: Mapping[str, Any], value: str = "median") -> list[tuple[Any, ...]]:
+def _groups(g: Mapping[str, Any]) -> list[tuple[Any, ...]]:
     rows: list[tuple[Any, ...]] = []
     for name, v in [*(([("all", g["all"])]) if "all" in g else []), *g["by_class"].items(),
                     ("correct", g["correct"]), ("wrong", g["wrong"])]:
-        rows.append((name, v["n"], v.get("mean"), v.get(value), v.get("q25"), v.get("q75")))
+        rows.append((name, v["n"], v.get("mean"), v.get("median"), v.get("q25"), v.get("q75")))
     return rows
 
 
@@ -91,7 +91,7 @@ def _localisation(loc: Mapping[str, Any]) -> str:
             f"<h3>Pointing game (peak of the predicted class's map in the lesion, dilated by {loc['dilate_px']} px)"
             "</h3>" + table(["group", "lesion images", "hits", "rate"], rows)
             + "<h3>Share of the map inside the lesion</h3>"
-            + table(["group", "n", "mean", "median", "q25", "q75"], _groups("lesion focus", loc["lesion_focus"]))
+            + table(["group", "n", "mean", "median", "q25", "q75"], _groups(loc["lesion_focus"]))
             + f'<p class="muted">lesion masks: {esc(loc["masks"])}</p>')
 
 
@@ -142,7 +142,7 @@ def render(summary: Mapping[str, Any], confusion: Mapping[str, Any], figures: Ma
     focus = summary.get("focus_score")
     if focus:
         parts += ["<h2>Focus score (share of the map inside the mask)</h2>",
-                  table(["group", "n", "mean", "median", "q25", "q75"], _groups("focus", focus))]
+                  table(["group", "n", "mean", "median", "q25", "q75"], _groups(focus))]
     if summary.get("faithfulness"):
         parts.append(_faithfulness(summary["faithfulness"]))
     issues = summary["likely_label_errors"]
