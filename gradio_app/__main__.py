@@ -9,16 +9,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from camserve.client import DEFAULT_MANAGEMENT_URL, DEFAULT_URL
+from camserve import cli
+from gradio_app.examples import ExampleSource, demo_sources
 from gradio_app.settings import (
     AUTH_ENV,
+    DEFAULT_DATA_DIR,
     DEFAULT_MAX_FILE_SIZE,
     MANAGEMENT_TOKEN_ENV,
     TOKEN_ENV,
     Settings,
     auth_from_env,
     check_file_size,
-    default_examples_dir,
     parse_auth,
     share_refusal,
 )
@@ -40,41 +41,35 @@ def _file_size(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-def _port(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port number 1-65535, got {text}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
-    return value
+def _examples(text: str) -> tuple[str, Path]:
+    name, sep, folder = text.partition("=")
+    if not sep or not name.strip() or not folder.strip():
+        raise argparse.ArgumentTypeError(f"must be MODEL=FOLDER, got {text!r}")
+    return name.strip(), Path(folder.strip())
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m gradio_app", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--server-url", default=DEFAULT_URL, help="TorchServe inference API")
-    p.add_argument("--management-url", default=DEFAULT_MANAGEMENT_URL,
-                   help="TorchServe management API, to list the loaded models ('' to use --model only)")
-    p.add_argument("--token-file", type=Path, default=Path("key_file.json"),
-                   help=f"TorchServe's key file, re-read when a key is rejected ({TOKEN_ENV} and "
-                        f"{MANAGEMENT_TOKEN_ENV} override it)")
+    p = argparse.ArgumentParser(prog="python -m gradio_app", description=__doc__)
+    cli.add_server_args(p, management=True)
     p.add_argument("--model", action="append", default=[], metavar="NAME",
-                   help="model to offer (repeatable); default: every model the management API lists")
-    p.add_argument("--host", default="127.0.0.1", help="interface to bind; 0.0.0.0 exposes the page to the network")
-    p.add_argument("--port", type=_port, default=7860, help="port of the page")
+                   help="model to offer (repeatable); default: every model the management API lists "
+                        "(give --management-url '' to use these alone)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to bind; 0.0.0.0 exposes the page to the network (default: %(default)s)")
+    p.add_argument("--port", type=cli.port, default=7860, help="port of the page (default: %(default)s)")
     p.add_argument("--share", action="store_true", help="open Gradio's public share link (needs --auth)")
     p.add_argument("--auth", type=_auth, metavar="USER:PASS",
                    help=f"protect the page with a login (prefer the environment variable {AUTH_ENV}: "
                         "command lines are visible to other users)")
-    p.add_argument("--examples-dir", type=Path, default=default_examples_dir(),
-                   help="ImageFolder tree (class folder = true label) to take example images from")
-    p.add_argument("--max-file-size", type=_file_size, default=DEFAULT_MAX_FILE_SIZE, help="largest upload")
-    p.add_argument("--timeout", type=_seconds, default=60.0, help="seconds to wait for the model server")
+    cli.add_data_dir(p, DEFAULT_DATA_DIR, help="the demo data (make model), for the demo models' examples")
+    p.add_argument("--examples", type=_examples, action="append", default=[], metavar="MODEL=FOLDER",
+                   help="another model's examples: an ImageFolder test split (class folder = true label)")
+    p.add_argument("--max-file-size", type=_file_size, default=DEFAULT_MAX_FILE_SIZE,
+                   help="largest upload (default: %(default)s)")
+    p.add_argument("--status-every", type=cli.positive_float, default=10.0, metavar="SECONDS",
+                   help="how often the page re-checks the model server (default: %(default)s)")
+    p.epilog = (f"The keys can also come from {TOKEN_ENV} and {MANAGEMENT_TOKEN_ENV}; the key file is re-read "
+                "when the server rejects a key.")
     return p
 
 
@@ -88,11 +83,12 @@ def settings_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser
         parser.error(share_refusal())  # exits 2 before Gradio is even imported: no tunnel is opened
     if not args.management_url and not args.model:
         parser.error("without --management-url, name the models to offer with --model")
-    return Settings(server_url=args.server_url, management_url=args.management_url or None,
+    examples = {**demo_sources(args.data_dir), **{name: ExampleSource(folder) for name, folder in args.examples}}
+    return Settings(url=args.url, management_url=args.management_url or None,
                     token_file=args.token_file, token=os.environ.get(TOKEN_ENV) or None,
                     management_token=os.environ.get(MANAGEMENT_TOKEN_ENV) or None, models=tuple(args.model),
-                    host=args.host, port=args.port, share=args.share, auth=auth, examples_dir=args.examples_dir,
-                    max_file_size=args.max_file_size, timeout=args.timeout)
+                    host=args.host, port=args.port, share=args.share, auth=auth, examples=examples,
+                    max_file_size=args.max_file_size, timeout=args.timeout, status_every=args.status_every)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,51 +1,55 @@
-"""Explain many images: loose files, a zip or a folder of an ImageFolder tree (class folder = label).
+"""Explain many images and shape the results for review: a gallery, a table and a CSV. No Gradio here.
 
-Images go to the server a few at a time so that TorchServe can batch them; results come back sorted
-for review: errors first (most confident first) when labels are known, then by confidence.
+Images go to the server a few at a time so that TorchServe can batch them, each asking only for its
+map (``images=none``); the app draws the thumbnails. A true label comes from the image's row in the
+batch CSV, else from its class folder. Results are sorted for review: errors first (most confident
+first) when labels are known, then by confidence; failed images last.
 """
 
 from __future__ import annotations
 
-import logging
-import zipfile
+import csv
+import io
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from PIL import Image
+from PIL import Image, ImageOps
 
-from camserve.errors import CamserveError, RequestError
-from camserve.imaging import MAX_IMAGE_BYTES
-from camserve.render import from_data_url
+from camserve.clinical_table import ClinicalTable
+from camserve.errors import CamserveError, DataError, RequestError
+from camserve.folders import match_class
 from camserve.schema import DEFAULT_ALPHA, ExplainResponse
 from gradio_app import clinical as clinical_data
-from gradio_app.client import Connection, UserError
+from gradio_app.client import Connection
+from gradio_app.render import Map, Shown, as_rgb, display_image
+from gradio_app.uploads import BatchItem
 
-log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"})
-MAX_IMAGES = 500
-BATCH_MAX_SIDE = 256  # gallery thumbnails: small responses
+THUMB_SIDE = 224
+FRAME = 6  # px of the coloured frame that marks a right (green) or wrong (red) thumbnail
+COLUMNS = ("file", "true", "predicted", "confidence", "correct", "focus", "note")
 Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
-class BatchItem:
-    """One image to explain; ``label`` is its folder name, when there is one."""
+class BatchResult:
+    """One image's outcome.
+
+    Attributes:
+        name: Its path inside the upload.
+        label: Its true class (from the CSV or its folder), or ``None``.
+        response: The server's answer, or ``None`` when it failed.
+        error: Why it failed.
+        thumbnail: Its overlay, framed green (right) or red (wrong).
+    """
 
     name: str
-    data: bytes
     label: str | None = None
-
-
-@dataclass(frozen=True)
-class BatchResult:
-    """The server's answer for one item, or the reason it failed."""
-
-    item: BatchItem
     response: ExplainResponse | None = None
     error: str | None = None
+    thumbnail: Image.Image | None = None
 
     @property
     def correct(self) -> bool | None:
@@ -58,129 +62,98 @@ class BatchResult:
     def confidence(self) -> float:
         return 0.0 if self.response is None else self.response.prediction.confidence
 
-    def overlay(self) -> Image.Image | None:
+    @property
+    def focus(self) -> float | None:
         exp = None if self.response is None else self.response.explanation
-        return None if exp is None else from_data_url(exp.overlay)
+        return None if exp is None else exp.focus_score
 
     def caption(self) -> str:
-        """``"✗ true COVID · pred Normal · 86% · x.png"`` (no mark and no true class when unlabelled)."""
-        name = PurePosixPath(self.item.name).name
+        """Short enough not to be cut: ``"✗ COVID→Normal 86%"``, ``"✓ Normal 86%"``, ``"Normal 86%"``."""
         if self.response is None:
-            return f"{name}: failed"
-        pred = f"pred {self.response.prediction.label} · {self.confidence:.0%} · {name}"
+            return f"failed: {PurePosixPath(self.name).name}"
+        pred = f"{self.response.prediction.label} {self.confidence:.0%}"
         if self.correct is None:
             return pred
-        return f"{'✓' if self.correct else '✗'} true {self.response.error.true_label} · {pred}"
+        return f"✓ {pred}" if self.correct else f"✗ {self.label}→{pred}"
 
-
-def collect(paths: Iterable[str | Path]) -> list[BatchItem]:
-    """Items from image files, zips of an ImageFolder tree and folders, in the order given.
-
-    Raises:
-        UserError: No image found, or more than ``MAX_IMAGES``.
-    """
-    items: list[BatchItem] = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            items += read_folder(path)
-        elif path.suffix.lower() == ".zip":
-            items += read_zip(path)
-        elif path.suffix.lower() in IMAGE_SUFFIXES:
-            items.append(BatchItem(path.name, path.read_bytes()))
-        if len(items) > MAX_IMAGES:
-            raise UserError(f"Too many images: at most {MAX_IMAGES} per batch.")
-    if not items:
-        raise UserError("No images found: upload PNG/JPEG files, or a zip of class folders with images.")
-    return items
-
-
-def read_folder(root: Path) -> list[BatchItem]:
-    """Every image under ``root``; the parent folder's name is the label (none at the top level)."""
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and _visible(p.parts))
-    return [BatchItem(str(p.relative_to(root)), p.read_bytes(), None if p.parent == root else p.parent.name)
-            for p in files[:MAX_IMAGES + 1]]
-
-
-def read_zip(path: Path) -> list[BatchItem]:
-    """Every image in a zip, read in memory (nothing extracted); the parent folder's name is the label.
-
-    Raises:
-        UserError: Not a zip, or a member larger than the server accepts.
-    """
-    try:
-        with zipfile.ZipFile(path) as zf:
-            infos = sorted((i for i in zf.infolist() if _is_image_member(i)), key=lambda i: i.filename)
-            if len(infos) > MAX_IMAGES:
-                raise UserError(f"Too many images in {path.name}: at most {MAX_IMAGES} per batch.")
-            big = next((i for i in infos if i.file_size > MAX_IMAGE_BYTES), None)
-            if big is not None:
-                raise UserError(f"{big.filename} is over {MAX_IMAGE_BYTES // 2**20} MiB.")
-            return [BatchItem(i.filename, zf.read(i), PurePosixPath(i.filename).parent.name or None)
-                    for i in infos]
-    except zipfile.BadZipFile as exc:
-        raise UserError(f"{path.name} is not a valid zip file.") from exc
-
-
-def _is_image_member(info: zipfile.ZipInfo) -> bool:
-    parts = PurePosixPath(info.filename).parts
-    return (not info.is_dir() and PurePosixPath(info.filename).suffix.lower() in IMAGE_SUFFIXES
-            and _visible(parts) and "__MACOSX" not in parts)
-
-
-def _visible(parts: Sequence[str]) -> bool:
-    return not any(p.startswith(".") for p in parts)
-
-
-def match_label(folder: str | None, classes: Sequence[str]) -> str | None:
-    """The model's class a folder name stands for (exact, else case-insensitive), or ``None``."""
-    if folder is None:
-        return None
-    if folder in classes:
-        return folder
-    folded = [c for c in classes if c.lower() == folder.lower()]
-    return folded[0] if len(folded) == 1 else None
+    def row(self) -> list:
+        """The table's row (:data:`COLUMNS`)."""
+        if self.response is None:
+            return [self.name, self.label or "", "", None, "", None, self.error or ""]
+        focus = None if self.focus is None else round(self.focus, 3)
+        correct = {True: "yes", False: "no", None: ""}[self.correct]
+        return [self.name, self.label or "", self.response.prediction.label, round(self.confidence, 3), correct,
+                focus, ""]
 
 
 def explain_batch(conn: Connection, model: str, items: Sequence[BatchItem], *, classes: Sequence[str],
-                  colormap: str = "jet", alpha: float = DEFAULT_ALPHA, max_side: int = BATCH_MAX_SIDE,
-                  workers: int = 4, progress: Progress | None = None,
-                  clinical: clinical_data.ClinicalTable | None = None) -> list[BatchResult]:
-    """Explain every item (``workers`` requests in flight, so TorchServe can batch them), in input order.
+                  table: ClinicalTable | None = None, fields: Sequence[clinical_data.FormField] = (),
+                  masks: dict[str, BatchItem] | None = None, method: str = "gradcam", colormap: str = "jet",
+                  alpha: float = DEFAULT_ALPHA, workers: int = 4,
+                  progress: Progress | None = None) -> list[BatchResult]:
+    """Explain every item (``workers`` requests in flight), results in input order.
 
-    Folder names that are not classes of the model count as unlabelled. An image the server rejects
-    becomes a failed result; a server that is down or refuses the key stops the whole batch. A
-    multimodal model gets each image's row of ``clinical``; without one, its fields are all missing.
+    Labels that are not classes of the model count as unlabelled. An image the server (or the app's
+    decoder) rejects becomes a failed result; a server that is down or refuses the key stops the batch.
 
     Raises:
-        UserError: The server is unreachable or refused the key.
+        CamserveError: The server is unreachable, timed out or refused the key.
     """
-    labels = [match_label(item.label, classes) for item in items]
-    results: list[BatchResult | None] = [None] * len(items)
+    mask_table = _path_table(masks or {})
 
-    def one(i: int) -> BatchResult:
-        item = items[i]
-        fields = clinical_data.encode({} if clinical is None else clinical.lookup(item.name))
+    def one(item: BatchItem) -> BatchResult:
+        row = clinical_data.row_of(table, item.name, fields)
+        label = match_class((row.label if row is not None else None) or item.label, classes)
+        sent = clinical_data.encode({} if row is None else row.fields)
+        mask_item = _find(mask_table, masks or {}, item.name)
         try:
-            resp = conn.call(lambda c: c.explain(model, item.data, label=labels[i], colormap=colormap,
-                                                 alpha=alpha, max_side=max_side, clinical=fields))
-        except RequestError as exc:
-            return BatchResult(item, error=conn.friendly(exc))
-        return BatchResult(item, resp)
+            data = item.read()
+            image = as_rgb(data)
+            mask = None if mask_item is None else mask_item.read()
+            resp = conn.call(lambda c: c.explain(model, data, mask, label=label, explain=method, images="none",
+                                                 clinical=sent))
+        except (RequestError, DataError) as exc:
+            return BatchResult(item.name, label, error=conn.message(exc))
+        return BatchResult(item.name, label, resp, thumbnail=thumbnail(image, resp, colormap, alpha))
 
+    results: list[BatchResult | None] = [None] * len(items)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = {pool.submit(one, i): i for i in range(len(items))}
+        futures = {pool.submit(one, item): i for i, item in enumerate(items)}
         try:
             for done, future in enumerate(as_completed(futures), start=1):
                 results[futures[future]] = future.result()
                 if progress is not None:
                     progress(done, len(items))
-        except CamserveError as exc:
+        except CamserveError:
             pool.shutdown(cancel_futures=True)
-            raise UserError(conn.friendly(exc)) from exc
+            raise
     return [r for r in results if r is not None]
 
 
-def sort_results(results: Iterable[BatchResult]) -> list[BatchResult]:
+def _path_table(files: dict[str, BatchItem]) -> ClinicalTable:
+    """Mask paths as a table, so that masks are matched to images by the CSV's one lookup rule."""
+    return ClinicalTable(Path("masks"), "", (), {name: {} for name in files})
+
+
+def _find(table: ClinicalTable, files: dict[str, BatchItem], image: str) -> BatchItem | None:
+    found = table.candidates(image)
+    return files[found[0]] if len(found) == 1 and found[0] in files else None
+
+
+def thumbnail(image: Image.Image, response: ExplainResponse, colormap: str, alpha: float) -> Image.Image | None:
+    """The overlay of the predicted class, framed green when right, red when wrong."""
+    exp = response.explanation
+    if exp is None:
+        return None
+    shown = Shown(display_image(image, THUMB_SIDE - 2 * FRAME), (Map.of(exp, response.probabilities),))
+    _, overlay = shown.render(shown.maps[0], colormap, alpha)
+    correct = None if response.error is None else response.error.correct
+    if correct is None:
+        return overlay
+    return ImageOps.expand(overlay, FRAME, fill=(22, 163, 74) if correct else (220, 38, 38))
+
+
+def sort_results(results: Sequence[BatchResult]) -> list[BatchResult]:
     """Errors first, then the rest, each by confidence (highest first); failed images last."""
     def key(r: BatchResult) -> tuple[int, float]:
         group = 2 if r.response is None else 0 if r.correct is False else 1
@@ -188,9 +161,33 @@ def sort_results(results: Iterable[BatchResult]) -> list[BatchResult]:
     return sorted(results, key=key)
 
 
-def gallery(results: Iterable[BatchResult]) -> list[tuple[Image.Image, str]]:
-    """``(overlay, caption)`` pairs for the results that have an overlay, in the given order."""
-    return [(img, r.caption()) for r in results if (img := r.overlay()) is not None]
+def gallery(results: Sequence[BatchResult]) -> list[tuple[Image.Image, str]]:
+    """``(thumbnail, caption)`` pairs for the results that have one, in the given order."""
+    return [(r.thumbnail, r.caption()) for r in results if r.thumbnail is not None]
+
+
+def gallery_label(results: Sequence[BatchResult]) -> str:
+    """What the gallery's order is: errors first only when some labels are known."""
+    if any(r.correct is not None for r in results):
+        return "Errors first (red frame), then correct ones (green), each by confidence"
+    return "By confidence (no true labels: add class folders or a CSV with a label column)"
+
+
+def table(results: Sequence[BatchResult]) -> list[list]:
+    """The table's rows, in the given order."""
+    return [r.row() for r in results]
+
+
+def to_csv(results: Sequence[BatchResult], classes: Sequence[str]) -> str:
+    """The table as CSV text, with every class's probability."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow([*COLUMNS, *(f"p_{c}" for c in classes)])
+    for r in results:
+        probs = {} if r.response is None else r.response.probabilities
+        writer.writerow([*("" if v is None else v for v in r.row()),
+                         *(f"{probs[c]:.6f}" if c in probs else "" for c in classes)])
+    return buf.getvalue()
 
 
 def summary(results: Sequence[BatchResult]) -> str:
@@ -201,11 +198,11 @@ def summary(results: Sequence[BatchResult]) -> str:
     if judged:
         right = sum(bool(r.correct) for r in judged)
         lines.append(f"Accuracy **{right / len(judged):.0%}** ({right}/{len(judged)}).")
-        pairs = Counter(f"{r.response.error.true_label} → {r.response.prediction.label}"
-                        for r in judged if r.correct is False)
+        pairs = Counter(f"{r.label} → {r.response.prediction.label}" for r in judged
+                        if r.correct is False and r.response is not None)
         if pairs:
             lines.append("Confusions: " + ", ".join(f"{p} ×{n}" for p, n in pairs.most_common(5)) + ".")
     failed = [r for r in results if r.response is None]
     if failed:
-        lines.append(f"**{len(failed)} failed:**\n" + "\n".join(f"- {r.item.name}: {r.error}" for r in failed[:20]))
+        lines.append(f"**{len(failed)} failed** (see the table's note column).")
     return "\n\n".join(lines)

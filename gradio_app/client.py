@@ -1,6 +1,7 @@
-"""The app's connection to TorchServe, and the one place server errors become short user messages.
+"""The app's connection to TorchServe, and the one place a failure becomes a short message for a visitor.
 
-Plain Python, no Gradio: the app, the tests and a notebook use the same functions.
+Plain Python, no Gradio: the app, the tests and a notebook use the same functions. Failures are the
+``camserve.errors`` tree; :func:`message_for` picks the visitor's wording by type, never by text.
 """
 
 from __future__ import annotations
@@ -14,7 +15,20 @@ from pathlib import Path
 from typing import TypeVar
 
 from camserve.client import Client, read_token
-from camserve.errors import CamserveError, ModelNotFound, RequestError, ServerError, ServerUnavailable, Unauthorized
+from camserve.errors import (
+    CamserveError,
+    DataError,
+    ModelNotFound,
+    PayloadTooLarge,
+    RequestError,
+    ServerError,
+    ServerTimeout,
+    ServerUnavailable,
+    ServerUnreachable,
+    Unauthorized,
+    UnsupportedImage,
+    WorkerDied,
+)
 from camserve.imaging import blank_png
 from camserve.schema import ModelInfo
 from gradio_app.settings import TOKEN_ENV, Settings
@@ -24,10 +38,7 @@ T = TypeVar("T")
 _URL = re.compile(r"\b[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
 _HOST_PORT = re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}(?::\d+)?\b|\blocalhost:\d+\b", re.IGNORECASE)
 MAX_MESSAGE = 240
-
-
-class UserError(Exception):
-    """A failure to show a page visitor as is: short, no stack trace, no URL, no token."""
+DOWN = "The model server is not reachable at the moment; this page works again as soon as it is back."
 
 
 @dataclass(frozen=True)
@@ -43,7 +54,8 @@ class Connection:
     """A camserve ``Client`` built from :class:`Settings`, rebuilt when the server rejects its key.
 
     TorchServe rotates its keys (``token_expiration_min``) and writes new ones to ``key_file.json``, so a
-    rejected key triggers one re-read of the key file and one retry. Safe to share between threads.
+    rejected key triggers one re-read of the key file and one retry. Every call also updates
+    :attr:`health`, so the status line follows the last call. Safe to share between threads.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -52,6 +64,8 @@ class Connection:
         self._client: Client | None = None
         self._info: dict[str, ModelInfo] = {}
         self._keys: set[str] = set()  # every key used so far, scrubbed from messages
+        self._models: list[str] = []
+        self.health = ServerStatus(False, "Not checked yet.", [])
 
     def client(self) -> Client:
         """The current client, building it (and reading the keys) when needed."""
@@ -60,7 +74,7 @@ class Connection:
                 inference, management = self._tokens()
                 self._keys.update(k for k in (inference, management) if k)
                 s = self.settings
-                self._client = Client(s.server_url, inference, s.management_url, management, s.timeout)
+                self._client = Client(s.url, inference, s.management_url, management, s.timeout)
             return self._client
 
     def call(self, fn: Callable[[Client], T]) -> T:
@@ -69,6 +83,18 @@ class Connection:
         Raises:
             CamserveError: Whatever the server or the transport answered.
         """
+        try:
+            result = self._call(fn)
+        except CamserveError as exc:
+            if isinstance(exc, (ServerUnavailable, Unauthorized)):
+                self._set_health(False, self.message(exc))
+            raise
+        if not self.health.ok:  # back up: it may have restarted with other models
+            self._info.clear()
+            self._set_health(True)
+        return result
+
+    def _call(self, fn: Callable[[Client], T]) -> T:
         client = self.client()
         try:
             return fn(client)
@@ -79,23 +105,16 @@ class Connection:
                     self._client = None
             return fn(self.client())
 
-    def run(self, fn: Callable[[Client], T]) -> T:
-        """Like :meth:`call`, with every camserve error turned into a :class:`UserError`."""
-        try:
-            return self.call(fn)
-        except CamserveError as exc:
-            raise UserError(self.friendly(exc)) from exc
-
     def models(self) -> list[str]:
         """The models to offer: ``settings.models``, else every model the management API lists."""
         if self.settings.models:
             return list(self.settings.models)
-        return self.run(lambda c: c.models())
+        return self.call(lambda c: c.models())
 
     def describe(self, model: str) -> ModelInfo:
-        """A model's description: classes, tabular schema... (cached until the next :meth:`status`)."""
+        """A model's description: classes, tabular schema... (cached until the server comes back from down)."""
         if model not in self._info:
-            self._info[model] = self.run(lambda c: _describe(c, model))
+            self._info[model] = self.call(lambda c: _describe(c, model))
         return self._info[model]
 
     def classes(self, model: str) -> list[str]:
@@ -104,20 +123,26 @@ class Connection:
 
     def status(self) -> ServerStatus:
         """Ping the server and list its models; never raises."""
-        self._info.clear()
         try:
-            self.run(lambda c: c.ping())
-            models = self.models()
-        except UserError as exc:
-            return ServerStatus(False, str(exc), [])
-        if not models:
-            return ServerStatus(False, "The model server is up but serves no model.", [])
-        names = ", ".join(models)
-        return ServerStatus(True, f"Connected to the model server: {len(models)} model(s) ({names}).", models)
+            self.call(lambda c: c.ping())
+            self._models = self.models()
+        except CamserveError as exc:
+            self._set_health(False, self.message(exc))
+            return self.health
+        if not self._models:
+            self._set_health(False, "The model server is up but serves no model.")
+        else:
+            self._set_health(True)
+        return self.health
 
-    def friendly(self, exc: BaseException) -> str:
+    def _set_health(self, ok: bool, message: str = "") -> None:
+        if ok:
+            message = f"Serving {', '.join(self._models)}." if self._models else ""
+        self.health = ServerStatus(ok, message, list(self._models) if ok else [])
+
+    def message(self, exc: BaseException) -> str:
         """A short message for a visitor, with URLs and keys scrubbed."""
-        return scrub(describe_error(exc, self._has_token()), sorted(self._keys))
+        return scrub(message_for(exc, self.settings.timeout, self._has_token()), sorted(self._keys))
 
     def _tokens(self) -> tuple[str | None, str | None]:
         s = self.settings
@@ -138,7 +163,7 @@ def _describe(client: Client, model: str) -> ModelInfo:
         raise
     except CamserveError as exc:
         log.info("describe(%s) failed (%.200s); asking with a prediction-only request", model, exc)
-        return client.explain(model, blank_png(), explain="none").model
+        return client.explain(model, blank_png(), explain="none", images="none").model
 
 
 def _read_key(path: Path, kind: str) -> str | None:
@@ -148,26 +173,38 @@ def _read_key(path: Path, kind: str) -> str | None:
         return None  # no key file yet: try without a key, the server says if it needs one
 
 
-def describe_error(exc: BaseException, has_token: bool = True) -> str:
-    """The user message for one failure (before scrubbing)."""
+def message_for(exc: BaseException, timeout: float = 60.0, has_token: bool = True) -> str:
+    """The visitor's message for one failure (before scrubbing), chosen by the failure's type.
+
+    Args:
+        exc: The failure.
+        timeout: The client's timeout in seconds, quoted for a :class:`ServerTimeout`.
+        has_token: Whether the app found an access key (a refused request then means a stale key).
+    """
+    if isinstance(exc, ServerTimeout):
+        return f"The model server did not answer within {timeout:g} s. Try again in a moment."
+    if isinstance(exc, ServerUnreachable):
+        return DOWN
+    if isinstance(exc, WorkerDied):
+        return "The model stopped while working on this request and is restarting. Try again in a few seconds."
     if isinstance(exc, ServerUnavailable):
-        text = exc.message
-        if "did not answer within" in text:
-            return f"The model server is slow: it {text.removeprefix('the model server ')}. Try again."
-        if "not reachable" in text:
-            return "The model server is not reachable. Start TorchServe (make serve), then press Reconnect."
-        return "The model server is busy or its worker failed. Try again in a moment."
+        return "The model server is busy. Try again in a moment."
     if isinstance(exc, Unauthorized):
         if not has_token:
-            return (f"The model server needs an access key and none was found: start TorchServe from this "
-                    f"directory (key_file.json) or set {TOKEN_ENV}.")
-        return "The model server refused the access key (TorchServe rotates its keys): restart the app."
+            log.warning("no access key: start TorchServe in this directory (key_file.json) or set %s", TOKEN_ENV)
+        return "The model server refused this app's access key. Whoever runs this demo needs to restart the app."
     if isinstance(exc, ModelNotFound):
-        return "The model server does not serve this model (any more): press Reconnect."
+        return "The model server does not serve this model any more. Reload the page."
+    if isinstance(exc, UnsupportedImage):
+        return "This file is not an image the model can read: use a PNG, JPEG, BMP, TIFF, GIF or WebP file."
+    if isinstance(exc, PayloadTooLarge):
+        return f"Too large: {exc.message}."
     if isinstance(exc, RequestError):
-        return f"The model server rejected the request: {exc.message}"
+        return f"The model could not take this request: {exc.message}"
+    if isinstance(exc, DataError):
+        return exc.message
     if isinstance(exc, ServerError):
-        return "The model server failed on this request. Try again; if it persists, check its log."
+        return "The model server failed on this request. Try again; if it keeps failing, tell whoever runs this demo."
     if isinstance(exc, CamserveError):
         return "The model server gave an unexpected answer."
     return "Something went wrong in the app; the details are in its log."

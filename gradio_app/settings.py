@@ -11,12 +11,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from camserve.client import DEFAULT_MANAGEMENT_URL, DEFAULT_URL
+from camserve.cli import DEFAULT_MANAGEMENT_URL, DEFAULT_TOKEN_FILE, DEFAULT_URL
+from gradio_app.examples import ExampleSource
 
 TOKEN_ENV = "CAMSERVE_TOKEN"
 MANAGEMENT_TOKEN_ENV = "CAMSERVE_MANAGEMENT_TOKEN"
 AUTH_ENV = "CAMSERVE_GRADIO_AUTH"
-DEFAULT_EXAMPLES_DIR = Path("data/phantoms/test")
+DEFAULT_DATA_DIR = Path("data")
 DEFAULT_MAX_FILE_SIZE = "20mb"
 _FILE_SIZE = re.compile(r"^\s*\d+(\.\d+)?\s*(b|kb|mb|gb)\s*$", re.IGNORECASE)
 
@@ -26,7 +27,7 @@ class Settings:
     """How the app reaches TorchServe and how it is served.
 
     Attributes:
-        server_url: TorchServe inference API.
+        url: TorchServe inference API.
         management_url: TorchServe management API (lists the loaded models); ``None`` to use ``models``.
         token_file: TorchServe's ``key_file.json``, re-read when the server rejects a key.
         token: Inference key given directly (``CAMSERVE_TOKEN``); wins over ``token_file``.
@@ -36,14 +37,15 @@ class Settings:
         port: Gradio server port.
         share: Open Gradio's public share link (requires ``auth``).
         auth: ``(user, password)`` protecting the page, or ``None``.
-        examples_dir: An ImageFolder tree (class folder = label) to take example images from.
+        examples: Where each model's example images come from, by model name.
         max_file_size: Largest upload Gradio accepts, e.g. ``"20mb"``.
         timeout: Seconds to wait for the model server per request.
+        status_every: Seconds between the status line's checks of the model server.
     """
 
-    server_url: str = DEFAULT_URL
+    url: str = DEFAULT_URL
     management_url: str | None = DEFAULT_MANAGEMENT_URL
-    token_file: Path = Path("key_file.json")
+    token_file: Path = DEFAULT_TOKEN_FILE
     token: str | None = None
     management_token: str | None = None
     models: tuple[str, ...] = ()
@@ -51,9 +53,10 @@ class Settings:
     port: int = 7860
     share: bool = False
     auth: tuple[str, str] | None = field(default=None, repr=False)
-    examples_dir: Path | None = None
+    examples: dict[str, ExampleSource] = field(default_factory=dict)
     max_file_size: str = DEFAULT_MAX_FILE_SIZE
     timeout: float = 60.0
+    status_every: float = 10.0
 
     def __post_init__(self) -> None:
         if self.share and self.auth is None:
@@ -89,8 +92,3 @@ def check_file_size(text: str) -> str:
     if not _FILE_SIZE.match(text):
         raise ValueError(f"file size must look like 20mb, 500kb or 1gb, got {text!r}")
     return text.strip().lower()
-
-
-def default_examples_dir() -> Path | None:
-    """``data/phantoms/test`` when it exists (relative to the working directory), else ``None``."""
-    return DEFAULT_EXAMPLES_DIR if DEFAULT_EXAMPLES_DIR.is_dir() else None

@@ -1,19 +1,12 @@
-"""The Gradio app through its API (``gradio_client``), and the command line's refusals."""
+"""The Gradio app through its API (``gradio_client``), its command line, and its launch options."""
 
 from __future__ import annotations
 
 import os
-import select
-import socket
-import socketserver
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import replace
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import gradio_client
 import numpy as np
@@ -22,139 +15,98 @@ import requests
 from PIL import Image
 
 from gradio_app.__main__ import build_parser, settings_from_args
-from gradio_app.app import launch_kwargs, serve
+from gradio_app.app import launch_kwargs
+from gradio_app.client import DOWN
 from gradio_app.settings import AUTH_ENV, Settings, parse_auth
-from tests.conftest import CLASSES, png_bytes
-from tests.harness import REPO, free_port
+from tests.gradio_support import api, demo_settings, forwarding, launched
+from tests.harness import CLASSES, REPO, free_port, png_bytes
 
-
-@contextmanager
-def launched(settings: Settings) -> Iterator[str]:
-    """``build_app(settings)`` served as ``python -m gradio_app`` serves it, on a free loopback port; yields its URL."""
-    settings = replace(settings, host="127.0.0.1", port=free_port())
-    demo = serve(settings, prevent_thread_lock=True, quiet=True)
-    try:
-        yield f"http://127.0.0.1:{settings.port}/"
-    finally:
-        demo.close()
-
-
-@contextmanager
-def forwarding(port: int, target: str) -> Iterator[None]:
-    """Relay TCP from 127.0.0.1:``port`` to ``target``'s host and port: a server that "comes up" later."""
-    upstream_addr = (urlsplit(target).hostname, urlsplit(target).port)
-
-    class Pipe(socketserver.BaseRequestHandler):
-        def handle(self) -> None:
-            with socket.create_connection(upstream_addr) as upstream, suppress(OSError):  # peers reset: done
-                peer = {self.request: upstream, upstream: self.request}
-                while True:
-                    ready, _, _ = select.select(list(peer), [], [], 30)
-                    chunks = [(s, s.recv(1 << 16)) for s in ready]
-                    if not ready or any(not data for _, data in chunks):
-                        return
-                    for s, data in chunks:
-                        peer[s].sendall(data)
-
-    class Relay(socketserver.ThreadingTCPServer):
-        allow_reuse_address = True
-        daemon_threads = True
-
-    with Relay(("127.0.0.1", port), Pipe) as relay:
-        threading.Thread(target=relay.serve_forever, daemon=True).start()
-        try:
-            yield
-        finally:
-            relay.shutdown()
-
-
-def api(url: str, tmp: Path, **kwargs) -> gradio_client.Client:
-    return gradio_client.Client(url, verbose=False, analytics_enabled=False, download_files=str(tmp), **kwargs)
-
-
-def image_tree(root: Path) -> Path:
-    """A small ImageFolder test split with lung masks beside it, laid out like data/phantoms."""
-    for i, cls in enumerate(("COVID", "Normal")):
-        for sub in ("test", "masks/lungs/test"):
-            (root / sub / cls).mkdir(parents=True)
-        (root / "test" / cls / "a.png").write_bytes(png_bytes((80, 80), seed=20 + i))
-        Image.new("L", (80, 80), 255).save(root / "masks/lungs/test" / cls / "a.png")
-    return root / "test"
+OUTPUTS = ("banner", "overlay", "overlay_true", "colorbar", "heatmap", "focus", "details", "every_class", "scores",
+           "original", "status")
 
 
 @pytest.fixture(scope="module")
 def app_url(server, tmp_path_factory) -> Iterator[str]:
-    examples = image_tree(tmp_path_factory.mktemp("phantoms"))
-    settings = Settings(server_url=server.url, management_url=server.management_url, token_file=server.key_file,
-                        examples_dir=examples, timeout=30)
-    with launched(settings) as url:
+    with launched(demo_settings(server, tmp_path_factory.mktemp("demo"))) as url:
         yield url
 
 
+def value(output):
+    """An output's value: a component update comes back as a dict of its properties."""
+    return output["value"] if isinstance(output, dict) else output
+
+
+def explain(client: gradio_client.Client, image: Path | None, **kwargs) -> dict:
+    path = None if image is None else gradio_client.handle_file(str(image))
+    out = client.predict(image=path, api_name="/explain", **{"model": "tiny", **kwargs})
+    return dict(zip(OUTPUTS, out, strict=True))
+
+
 @pytest.mark.integration
-def test_explain_through_the_app(app_url, server, tmp_path):
+def test_explain_and_redraw_through_the_api(app_url, server, tmp_path):
     path = tmp_path / "x.png"
     path.write_bytes(png_bytes((96, 72), seed=5))
-    client = api(app_url, tmp_path)
+    client = gradio_client.Client(app_url, verbose=False, download_files=str(tmp_path))
     expected = server.client().explain("tiny", path.read_bytes(), label="Normal").prediction
-    scores, original, heatmap, overlay, focus, verdict, details = client.predict(
-        gradio_client.handle_file(str(path)), "tiny", "auto", "jet", 0.5, None, "Normal", api_name="/explain")
-    assert scores["label"] == expected.label
-    assert scores["confidences"][0]["confidence"] == pytest.approx(expected.confidence, abs=1e-4)
-    over, orig = Image.open(overlay), Image.open(original)
-    assert over.format == "PNG" and over.size == orig.size == (96, 72)
+    out = explain(client, path, label="Normal")
+    assert out["scores"]["label"] == expected.label
+    assert out["scores"]["confidences"][0]["confidence"] == pytest.approx(expected.confidence, abs=1e-4)
+    over, orig = Image.open(value(out["overlay"])), Image.open(out["original"])
+    assert over.format == "PNG" and over.size == orig.size == (512, 384)
     assert np.abs(np.asarray(over, np.int16) - np.asarray(orig.convert("RGB"), np.int16)).mean() > 5
-    assert focus is None
-    assert verdict.startswith("Correct") == (expected.label == "Normal") and "Normal" in verdict
+    assert out["focus"] == "" and out["status"].startswith("**Model server up.**")
+    kind = "right" if expected.label == "Normal" else "wrong"
+    assert f'class="verdict {kind}"' in out["banner"] and "Normal" in out["banner"]
+    assert len(out["every_class"]) == len(CLASSES)
 
-    # colormap change: re-rendered in the app from the cached map (same session), not re-predicted
-    gray_heat, gray_overlay = client.predict("gray", 0.5, api_name="/rerender")
-    arr = np.asarray(Image.open(gray_heat).convert("RGB"), np.int16)
-    assert arr.shape == (72, 96, 3) and (arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all()
-    assert not np.array_equal(arr, np.asarray(Image.open(heatmap).convert("RGB"), np.int16))
+    # a colormap change is drawn in the app from the cached maps (same session), not predicted again
+    drawn = client.predict("auto", "gray", 0.5, False, api_name="/redraw")
+    heat = np.asarray(Image.open(value(drawn[4])).convert("RGB"), np.int16)
+    assert heat.shape == (384, 512, 3) and (heat[..., 0] == heat[..., 1]).all() and (heat[..., 1] == heat[..., 2]).all()
 
 
 @pytest.mark.integration
-def test_explain_with_mask_and_target(app_url, tmp_path):
-    path, mask = tmp_path / "x.png", tmp_path / "m.png"
-    path.write_bytes(png_bytes((64, 64), seed=6))
-    Image.new("L", (64, 64), 255).save(mask)
+def test_failures_are_one_message_in_the_page_not_an_error(app_url, tmp_path):
     client = api(app_url, tmp_path)
-    out = client.predict(gradio_client.handle_file(str(path)), "tiny", "COVID", "hot", 0.4,
-                         gradio_client.handle_file(str(mask)), "(unknown)", api_name="/explain")
-    assert out[4] == pytest.approx(1.0)  # the whole image is inside the mask
-    assert "Grad-CAM of **COVID**" in out[6]
+    out = explain(client, None)
+    assert out["banner"] == '<div class="verdict failed" role="alert">Upload an image first (or pick an example).</div>'
+    fake = tmp_path / "fake.png"
+    fake.write_text("not an image")
+    out = explain(client, fake)
+    assert "This file is not an image the model can read" in out["banner"]
+    assert out["overlay"] is None and not out["scores"] and not out["every_class"]
 
 
 @pytest.mark.integration
-def test_batch_through_the_app(app_url, tmp_path):
+def test_batch_through_the_api(app_url, tmp_path):
     paths = []
     for i in range(3):
         paths.append(tmp_path / f"b{i}.png")
         paths[-1].write_bytes(png_bytes((64, 64), seed=30 + i))
-    summary, gallery = api(app_url, tmp_path).predict([gradio_client.handle_file(str(p)) for p in paths], "tiny",
-                                                      "jet", 0.5, api_name="/batch")
+    summary, gallery, table, csv_file, status = api(app_url, tmp_path).predict(
+        [gradio_client.handle_file(str(p)) for p in paths], "tiny", "gradcam", "jet", 0.5, None, None,
+        api_name="/batch")
     assert "**3 image(s)**, 3 explained, 0 with a known label" in summary
-    assert len(gallery) == 3 and all(g["caption"].startswith("pred ") for g in gallery)
+    assert len(gallery["value"]) == 3
+    assert table["headers"] == ["file", "true", "predicted", "confidence", "correct", "focus", "note"]
+    assert Path(csv_file).read_text().startswith("file,true,predicted,")
 
 
 def test_app_starts_with_the_server_down_and_auth_and_upload_limit(tmp_path):
     port = free_port()
-    settings = Settings(server_url=f"http://127.0.0.1:{port}", management_url=f"http://127.0.0.1:{port}",
+    settings = Settings(url=f"http://127.0.0.1:{port}", management_url=f"http://127.0.0.1:{port}",
                         token_file=tmp_path / "none.json", auth=("ann", "s3cret:x"), max_file_size="1kb", timeout=5)
     with launched(settings) as url:
         with pytest.raises(Exception):  # noqa: B017 (gradio_client raises a bare ValueError on bad login)
             api(url, tmp_path)
         client = api(url, tmp_path, auth=("ann", "s3cret:x"))
-        status = client.predict(None, "auto", "(unknown)", api_name="/reconnect")[0]
-        assert status.startswith("**Server down.**") and "not reachable" in status and "Reconnect" in status
-        assert str(port) not in status
+        status = client.predict(None, api_name="/status")[0]
+        assert status == f"**Model server down.** {DOWN}" and str(port) not in status
         img = tmp_path / "x.png"
         img.write_bytes(png_bytes((8, 8)))
-        with pytest.raises(gradio_client.exceptions.AppError, match="not reachable") as caught:
-            client.predict(gradio_client.handle_file(str(img)), None, "auto", "jet", 0.5, None, "(unknown)",
-                           api_name="/explain")
-        assert "http" not in str(caught.value)
+        out = explain(client, img, model=None)
+        assert DOWN in out["banner"] and "http" not in out["banner"]
+
         # max_file_size (1kb here) is enforced by the upload route; the client's cookies carry the login
         def upload(size: int) -> int:
             return requests.post(f"{url}gradio_api/upload", files={"files": ("f.png", os.urandom(size))},
@@ -166,21 +118,23 @@ def test_app_starts_with_the_server_down_and_auth_and_upload_limit(tmp_path):
 @pytest.mark.integration
 def test_app_started_before_the_server_works_once_it_is_up(server, tmp_path):
     ports = free_port(), free_port()
-    settings = Settings(server_url=f"http://127.0.0.1:{ports[0]}", management_url=f"http://127.0.0.1:{ports[1]}",
-                        token_file=server.key_file, timeout=30)
+    settings = demo_settings(server, tmp_path, url=f"http://127.0.0.1:{ports[0]}",
+                             management_url=f"http://127.0.0.1:{ports[1]}")
     img = tmp_path / "x.png"
     img.write_bytes(png_bytes((64, 64), seed=8))
-    explain_args = (gradio_client.handle_file(str(img)), None, "auto", "jet", 0.5, None, "(unknown)")
     with launched(settings) as url:
         client = api(url, tmp_path)
-        assert client.predict(None, "auto", "(unknown)", api_name="/reconnect")[0].startswith("**Server down.**")
-        with pytest.raises(gradio_client.exceptions.AppError, match="not reachable"):
-            client.predict(*explain_args, api_name="/explain")
+        assert client.predict(None, api_name="/status")[0].startswith("**Model server down.**")
         with forwarding(ports[0], server.url), forwarding(ports[1], server.management_url):
-            # no model was selectable at start: the click itself finds the server's model
-            assert client.predict(*explain_args, api_name="/explain")[0]["label"] in CLASSES
-            status, model, *_ = client.predict(None, "auto", "(unknown)", api_name="/reconnect")
-            assert status.startswith("**Server up.**") and "tiny" in status and model["value"] == "tiny"
+            # no model was selectable at start: the click itself finds the server's first model (fusion,
+            # which answers that its required clinical field is missing)
+            out = explain(client, img, model=None)
+            assert out["status"].startswith("**Model server up.**")
+            assert "clinical field &#x27;age&#x27; is required" in out["banner"]
+            assert explain(client, img, model="tiny")["scores"]["label"] in CLASSES
+            status, model = client.predict(None, api_name="/status")
+            assert status == "**Model server up.** Serving fusion, signed, tiny."
+            assert model["choices"] == [[m, m] for m in ("fusion", "signed", "tiny")] and model["value"] == "fusion"
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -201,6 +155,25 @@ def test_share_without_auth_is_refused_before_gradio_starts():
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True,
                          timeout=60)
     assert out.stdout.split() == ["2", "False"], out.stderr
+
+
+def test_command_line_vocabulary_old_spelling_and_bad_values(capsys):
+    parser = build_parser()
+    args = parser.parse_args([])
+    assert args.url == "http://127.0.0.1:8080" and args.management_url == "http://127.0.0.1:8081"
+    assert args.host == "127.0.0.1" and args.port == 7860 and args.token_file == Path("key_file.json")
+    assert parser.parse_args(["--server-url", "http://h:1"]).url == "http://h:1"  # the old spelling still works
+    assert "--server-url" not in parser.format_help() and "--url" in parser.format_help()
+    for bad in (["--port", "0"], ["--timeout", "inf"], ["--status-every", "-1"], ["--examples", "nofolder"],
+                ["--max-file-size", "lots"]):
+        with pytest.raises(SystemExit) as caught:
+            parser.parse_args(bad)
+        assert caught.value.code == 2, bad
+    assert "usage:" in capsys.readouterr().err
+    settings = settings_from_args(parser.parse_args(["--data-dir", "d", "--examples", "mine=/x/test"]), parser)
+    assert settings.examples["chest_phantom"].images == Path("d/phantoms/test")
+    assert settings.examples["thyroid_phantom"].clinical == Path("d/thyroid/clinical.csv")
+    assert settings.examples["mine"].images == Path("/x/test")
 
 
 def test_auth_parsing(monkeypatch):
@@ -226,12 +199,10 @@ def test_auth_parsing(monkeypatch):
         Settings(share=True)
 
 
-def test_launch_options_are_the_safe_ones():
+def test_launch_options_are_the_safe_and_quiet_ones():
     opts = launch_kwargs(Settings())
     assert opts["server_name"] == "127.0.0.1" and opts["share"] is False and opts["auth"] is None
     assert opts["show_error"] is False and opts["allowed_paths"] == [] and opts["max_file_size"] == "20mb"
     assert opts["run_history"] is False and opts["mcp_server"] is False
+    assert opts["quiet"] is True  # no "set share=True" hint beside the --share/--auth flags
     assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
-    args = build_parser().parse_args([])
-    assert args.server_url == "http://127.0.0.1:8080" and args.management_url == "http://127.0.0.1:8081"
-    assert args.host == "127.0.0.1" and args.port == 7860 and args.token_file == Path("key_file.json")

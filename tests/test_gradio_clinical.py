@@ -1,33 +1,33 @@
-"""The clinical form of a multimodal model: plain functions, then the app against a real TorchServe.
-
-The server serves ``thyroid`` (``tests/assets/fusion_net.py``: image + tabular, one logit) beside the
-image-only ``tiny``, on its own model store.
-"""
+"""The clinical form and the batch CSV of a multimodal model: plain functions, then the app against the
+session's TorchServe, whose ``fusion`` model (tests/assets/fusion_net.py) reads an image and a clinical
+table (``SCHEMA``) and has one logit."""
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
 
+import gradio as gr
 import gradio_client
 import pytest
 
-from camserve.errors import InvalidRequest
+from camserve.errors import DataError
 from gradio_app import batch as batch_ops
 from gradio_app import clinical, form
-from gradio_app.client import Connection, UserError
+from gradio_app.client import Connection
 from gradio_app.clinical import MISSING_LABEL, FormField
 from gradio_app.settings import Settings
-from scripts import archive
-from tests.harness import torchserve
-from tests.test_gradio_app import api, launched
-from tests.test_multimodal import ASSETS, CLINICAL, SCHEMA, fusion_checkpoint, red_left_blue_right
+from gradio_app.uploads import BatchItem
+from tests.gradio_support import api, demo_settings, launched
+from tests.harness import CLINICAL, SCHEMA, red_left_blue_right
 
-MODEL = "thyroid"
+MODEL = "fusion"
 NAMES = [f["name"] for f in SCHEMA["features"]]
+# /explain's outputs as gradio_client returns them (the answer's State is not one).
+OUTPUTS = ("banner", "overlay", "overlay_true", "colorbar", "heatmap", "focus", "details", "every_class", "scores",
+           "original", "status")
 
 
 # --- plain functions ----------------------------------------------------------------------------------
@@ -40,20 +40,20 @@ def test_form_follows_the_schema():
     assert composition.label == "composition" and not composition.required
     assert composition.choices == [(MISSING_LABEL, ""), ("cystic", "cystic"), ("mixed", "mixed"), ("solid", "solid")]
     assert composition.empty == ""  # starts on the missing choice
-    assert age.label == "age (required)" and age.required and age.empty is None
+    assert age.label == "age (required)" and age.required and age.empty == ""  # an empty text box
     required_sex = clinical.form_fields({"features": [{"name": "sex", "type": "categorical", "categories": ["F", "M"],
                                                        "required": True}]})[0]
     assert required_sex.choices == [("F", "F"), ("M", "M")] and required_sex.empty is None  # no missing choice
     assert clinical.form_fields(None) == [] and clinical.form_fields({}) == []
-    with pytest.raises(UserError, match="'type' must be"):
+    with pytest.raises(DataError, match="'type' must be"):
         clinical.form_fields({"features": [{"name": "a", "type": "text"}]})
 
 
 def test_request_fields_leave_out_what_is_missing():
     fields = clinical.form_fields(SCHEMA)
-    values = ["solid", "", None, "  micro ", "F", 61.0]
+    values = ["solid", "", None, "  micro ", "F", " 61 "]
     assert clinical.request_fields(fields, values) == {"composition": "solid", "calcifications": "micro",
-                                                       "sex": "F", "age": 61.0}
+                                                       "sex": "F", "age": "61"}
     assert clinical.request_fields(fields, ["", "", "", "", "", math.nan]) == {}
     assert clinical.request_fields(fields, ["mixed"]) == {"composition": "mixed"}  # the rest: missing
     assert clinical.request_fields(fields[:1], ["mixed", "x", "y"]) == {"composition": "mixed"}
@@ -62,38 +62,53 @@ def test_request_fields_leave_out_what_is_missing():
     assert clinical.summary({"sex": "F", "age": 61.0}) == "sex=F, age=61"
 
 
-def test_form_slots_map_to_fields_in_schema_order():
-    fields = clinical.form_fields(SCHEMA)
-    choices = ["solid", "hypoechoic", "irregular", "micro", "F", "stale"] + ["junk"] * (form.MAX_FIELDS - 6)
-    numbers = [7.0] * 5 + [61.0] + [8.0] * (form.MAX_FIELDS - 6)
-    assert form.values(fields, [*choices, *numbers]) == ["solid", "hypoechoic", "irregular", "micro", "F", 61.0]
-    numeric_first = [FormField("x", True), FormField("y", False, categories=("a",))]
-    assert form.values(numeric_first, [*choices, *numbers]) == [7.0, "hypoechoic"]
+def test_slots_are_named_after_the_fields_of_every_known_model():
+    thyroid = clinical.form_fields(SCHEMA)
+    other = [FormField("age", True), FormField("age", False, categories=("young", "old")), FormField("bmi", True),
+             FormField("2nd-visit", False, categories=("y",))]
+    slots = form.plan([thyroid, [], other])
+    assert [s.name for s in slots] == [*NAMES, "age_2", "bmi", "field_2nd_visit"]
+    assert form.assign(other, slots) == [5, 6, 7, 8]  # "age" (numeric) is shared with the thyroid form
+    generic = form.plan([[], []])  # no form known at start (server down): generic slots in order
+    assert [s.name for s in generic] == [f"field_{i + 1}" for i in range(form.SPARE_SLOTS)]
+    assert form.assign(thyroid, generic) == list(range(6))
+    assert form.assign([FormField("x", True)] * (form.SPARE_SLOTS + 1), generic)[-1] is None
+    assert "x cannot be entered" in form.note([FormField("x", True)] * (form.SPARE_SLOTS + 1), generic)
 
 
-def test_form_updates_show_one_input_per_field_and_hide_the_rest():
-    fields = clinical.form_fields(SCHEMA)
-    box, note, *slots = form.updates(fields)
-    choices, numbers = slots[:form.MAX_FIELDS], slots[form.MAX_FIELDS:]
-    assert box.visible and note.visible and "clinical data" in note.value
-    assert [c.label for c in choices if c.visible] == NAMES[:5]
-    assert [n.label for n in numbers if n.visible] == ["age (required)"] and numbers[5].visible
-    assert not choices[5].visible and not any(s.visible for s in choices[6:] + numbers[6:])
-    assert choices[0].value == "" and ("(missing)", "") in choices[0].choices
-    box, note, *slots = form.updates([])
-    assert not box.visible and not note.visible and not any(s.visible for s in slots)
-    many = [FormField(f"f{i}", True) for i in range(form.MAX_FIELDS + 2)]
-    assert "f12, f13 are sent as missing" in form.updates(many)[1].value
+def test_form_values_updates_and_example_filling():
+    thyroid = clinical.form_fields(SCHEMA)
+    with gr.Blocks():
+        named = form.ClinicalForm(form.plan([thyroid]), thyroid)
+        generic = form.ClinicalForm(form.plan([]), [])
+    assert named.names == NAMES
+    assert named.values(thyroid, ["solid", "", "", "micro", "F", "61"]) == ["solid", "", "", "micro", "F", "61"]
+    assert named.filled(thyroid, {"composition": "solid", "age": "61"}) == ["solid", "", "", "", "", "61"]
+    box, note, *inputs = named.updates(thyroid)
+    assert box.visible and note.visible and [i.label for i in inputs] == [*NAMES[:5], "age (required)"]
+    box, note, *inputs = named.updates([])
+    assert not box.visible and not any(i.visible for i in inputs)
+
+    assert generic.names[:3] == ["field_1_choice", "field_1_number", "field_2_choice"]
+    values = [None] * len(generic.names)
+    values[generic.names.index("field_1_choice")] = "solid"
+    values[generic.names.index("field_6_number")] = "61"
+    assert generic.values(thyroid, values) == ["solid", None, None, None, None, "61"]
+    _, _, *inputs = generic.updates(thyroid)
+    shown = [(n, i.label) for n, i in zip(generic.names, inputs, strict=True) if i.visible]
+    assert shown == [("field_1_choice", "composition"), ("field_2_choice", "echogenicity"),
+                     ("field_3_choice", "margins"), ("field_4_choice", "calcifications"),
+                     ("field_5_choice", "sex"), ("field_6_number", "age (required)")]
 
 
-def test_explain_keeps_its_api_with_named_optional_slots():
+def test_explain_keeps_its_api_with_named_optional_clinical_parameters():
     def fn(image, model, *slots):
         return image, model, slots
-    wrapped = form.with_form_parameters(fn)
-    params = inspect.signature(wrapped).parameters
-    assert list(params)[:4] == ["image", "model", "choice_1", "choice_2"] and list(params)[-1] == "number_12"
-    assert all(params[n].default is None for n in form.parameter_names())
-    assert wrapped("img", "m", "a", 1.0) == ("img", "m", ("a", 1.0))
+    wrapped = form.with_parameters(fn, ["composition", "age"])
+    params = __import__("inspect").signature(wrapped).parameters
+    assert list(params) == ["image", "model", "composition", "age"]
+    assert params["age"].default is None
+    assert wrapped("img", "m", "a", "61") == ("img", "m", ("a", "61"))
 
 
 def _csv(path: Path, text: str) -> Path:
@@ -101,50 +116,37 @@ def _csv(path: Path, text: str) -> Path:
     return path
 
 
-def test_clinical_csv(tmp_path):
+def test_batch_csv_gives_labels_and_clinical_fields(tmp_path):
     fields = clinical.form_fields(SCHEMA)
-    table = clinical.read_table(_csv(tmp_path / "t.csv", "\ufeffpath,age,sex,calcifications\n"
-                                                         "COVID/a.png,61,F,\nb.png, 40 ,,micro\n"), fields)
-    assert table.lookup("COVID/a.png") == {"age": "61", "sex": "F"}
-    assert table.lookup("a.png") == {"age": "61", "sex": "F"}  # by file name when unambiguous
-    assert table.lookup("zip/b.png") == {"age": "40", "calcifications": "micro"}
-    assert table.lookup("c.png") == {}
-    assert table.coverage(["COVID/a.png", "b.png", "c.png"]) == (
-        "Clinical data from t.csv for 2 of 3 image(s); the rest were sent with missing values.")
+    table = clinical.read_batch_csv(_csv(tmp_path / "t.csv", "\ufeffpath,label,age,sex,calcifications\n"
+                                                             "COVID/a.png,malignant,61,F,\nb.png,, 40 ,,micro\n"),
+                                    fields)
+    assert clinical.row_of(table, "COVID/a.png", fields) == clinical.Row("malignant", {"age": "61", "sex": "F"})
+    assert clinical.row_of(table, "a.png", fields).label == "malignant"  # by the file name's tail
+    assert clinical.row_of(table, "zip/b.png", fields) == clinical.Row(None, {"age": "40", "calcifications": "micro"})
+    assert clinical.row_of(table, "c.png", fields) is None and clinical.row_of(None, "a.png", fields) is None
+    assert clinical.coverage(table, ["COVID/a.png", "b.png", "c.png"]) == (
+        "Rows from t.csv for 2 of 3 image(s); the rest have no row.")
+    labels_only = clinical.read_batch_csv(_csv(tmp_path / "l.csv", "path,label\nx.png,Normal\n"), [])
+    assert clinical.row_of(labels_only, "x.png", []) == clinical.Row("Normal", {})
     for text, match in [("image,age\na.png,1\n", "needs a 'path' column"),
-                        ("path,weight\na.png,70\n", "unknown column 'weight'; this model takes: composition"),
-                        ("path,age\na.png,1\na.png,2\n", "line 3: a.png appears twice"),
-                        ("path,age\n,1\n", "line 2: the 'path' cell is empty")]:
-        with pytest.raises(UserError, match=match):
-            clinical.read_table(_csv(tmp_path / "bad.csv", text), fields)
-    with pytest.raises(UserError, match="takes no clinical data"):
-        clinical.read_table(tmp_path / "t.csv", [])
-    with pytest.raises(UserError, match="requires age for every image"):
+                        ("path,weight\na.png,70\n", "column 'weight' is not a clinical field"),
+                        ("path,age\na.png,1\na.png,2\n", "lines 2 and 3 are both for 'a.png'")]:
+        with pytest.raises(DataError, match=match):
+            clinical.read_batch_csv(_csv(tmp_path / "bad.csv", text), fields)
+    with pytest.raises(DataError, match="requires age for every image"):
         clinical.check_required(fields, None)
     clinical.check_required(fields, table)
     clinical.check_required(fields[:5], None)  # nothing required: missing values are fine
     assert "`path` column" in clinical.batch_note(fields) and "(age required)" in clinical.batch_note(fields)
-    assert clinical.batch_note([]) == ""
+    assert "`label` column" in clinical.batch_note([])
 
 
-# --- against a real TorchServe serving the multimodal model --------------------------------------------
-
-@pytest.fixture(scope="module")
-def mm_server(tmp_path_factory, tiny_checkpoint):
-    tmp = tmp_path_factory.mktemp("clinical")
-    store = tmp / "store"
-    assert archive.main([str(fusion_checkpoint(tmp)), "--name", MODEL, "--model-store", str(store),
-                         "--model-file", str(ASSETS / "fusion_net.py")]) == 0
-    assert archive.main([str(tiny_checkpoint), "--name", "tiny", "--model-store", str(store)]) == 0
-    with torchserve(store, tmp / "ts") as server:
-        yield server
-
+# --- against the session's TorchServe -----------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def mm_app(mm_server) -> Iterator[str]:
-    settings = Settings(server_url=mm_server.url, management_url=mm_server.management_url,
-                        token_file=mm_server.key_file, timeout=30)
-    with launched(settings) as url:
+def app_url(server, tmp_path_factory) -> Iterator[str]:
+    with launched(demo_settings(server, tmp_path_factory.mktemp("demo"))) as url:
         yield url
 
 
@@ -155,19 +157,9 @@ def image(tmp_path) -> Path:
     return path
 
 
-def form_of(client: gradio_client.Client, model: str) -> tuple[dict, dict[str, str]]:
-    """The app's form for a model: its note's update (the accordion is not an API output), and each shown
-    field's name to its ``/explain`` parameter."""
-    note, *slots = client.predict(model, api_name="/clinical_form")[:1 + 2 * form.MAX_FIELDS]
-    params = {}
-    for name, update in zip(form.parameter_names(), slots, strict=True):
-        if update.get("visible"):
-            params[update["label"].removesuffix(" (required)")] = name
-    return note, params
-
-
-def explain_args(image: Path) -> tuple:
-    return gradio_client.handle_file(str(image)), MODEL, "auto", "jet", 0.5, None, "(unknown)"
+def explain(client: gradio_client.Client, image: Path, **kwargs) -> dict:
+    out = client.predict(image=gradio_client.handle_file(str(image)), model=MODEL, api_name="/explain", **kwargs)
+    return dict(zip(OUTPUTS, out, strict=True))
 
 
 def malignant(scores: dict) -> float:
@@ -180,30 +172,23 @@ def logit(p: float) -> float:
 
 
 @pytest.mark.integration
-def test_form_appears_for_the_multimodal_model_only(mm_app, tmp_path):
-    client = api(mm_app, tmp_path)
-    note, params = form_of(client, MODEL)
-    assert note["visible"] is True and "clinical data" in note["value"]
-    assert list(params) == NAMES  # one input per feature, in schema order
-    assert params["age"] == "number_6" and params["composition"] == "choice_1"
-    note, params = form_of(client, "tiny")
-    assert note["visible"] is False and params == {}
-    # the form is regenerated by the model dropdown's change event
-    model_id = next(c["id"] for c in client.config["components"] if c["props"].get("label") == "Model")
-    dep = next(d for d in client.config["dependencies"] if d.get("api_name") == "clinical_form")
-    assert [model_id, "change"] in dep["targets"]
+def test_api_parameters_are_named_after_the_clinical_fields(app_url, tmp_path):
+    client = api(app_url, tmp_path)
+    params = [p["parameter_name"] for p in client.view_api(print_info=False, return_format="dict")
+              ["named_endpoints"]["/explain"]["parameters"]]
+    assert params[:10] == ["image", "model", "target", "label", "method", "faithful", "mask", "colormap", "alpha",
+                           "same_scale"]
+    assert params[10:] == NAMES
 
 
 @pytest.mark.integration
-def test_one_clinical_field_alone_moves_the_probability(mm_app, mm_server, image, tmp_path):
-    client = api(mm_app, tmp_path)
-    _, params = form_of(client, MODEL)
-    direct = mm_server.client()
+def test_one_clinical_field_alone_moves_the_probability(app_url, server, image, tmp_path):
+    client = api(app_url, tmp_path)
+    direct = server.client()
 
     def through_app(fields: dict) -> tuple[float, str]:
-        kwargs = {params[k]: float(v) if k == "age" else v for k, v in fields.items()}
-        out = client.predict(*explain_args(image), **kwargs, api_name="/explain")
-        return malignant(out[0]), out[6]
+        out = explain(client, image, **fields)
+        return malignant(out["scores"]), out["details"]
 
     base, details = through_app(CLINICAL)
     assert "clinical data: composition=solid" in details and "age=61" in details
@@ -222,51 +207,48 @@ def test_one_clinical_field_alone_moves_the_probability(mm_app, mm_server, image
 
 
 @pytest.mark.integration
-def test_missing_required_field_gives_a_clear_error(mm_app, image, tmp_path):
-    client = api(mm_app, tmp_path)
-    _, params = form_of(client, MODEL)
-    without_age = {params[k]: v for k, v in CLINICAL.items() if k != "age"}
-    with pytest.raises(gradio_client.exceptions.AppError, match="clinical field 'age' is required") as caught:
-        client.predict(*explain_args(image), **without_age, api_name="/explain")
-    assert "Traceback" not in str(caught.value) and "http" not in str(caught.value)
-    with pytest.raises(gradio_client.exceptions.AppError, match="clinical field 'age' is required"):
-        client.predict(*explain_args(image), api_name="/explain")  # the whole form left empty
+def test_a_missing_required_field_is_one_clear_message(app_url, image, tmp_path):
+    client = api(app_url, tmp_path)
+    for fields in ({k: v for k, v in CLINICAL.items() if k != "age"}, {}):
+        out = explain(client, image, **fields)
+        assert out["banner"] == ('<div class="verdict failed" role="alert">The model could not take this request: '
+                                 "clinical field &#x27;age&#x27; is required</div>")
+        assert out["overlay"] is None and not out["scores"]
 
 
 @pytest.mark.integration
-def test_batch_takes_clinical_fields_from_a_csv(mm_server, tmp_path):
-    conn = Connection(Settings(server_url=mm_server.url, management_url=mm_server.management_url,
-                               token_file=mm_server.key_file, timeout=30))
+def test_batch_takes_labels_and_clinical_fields_from_a_csv(server, tmp_path):
+    conn = Connection(Settings(url=server.url, management_url=server.management_url, token_file=server.key_file,
+                               timeout=30))
     img = red_left_blue_right(64)
-    items = [batch_ops.BatchItem(name, img) for name in ("nodules/a.png", "b.png", "c.png")]
-    table = clinical.read_table(_csv(tmp_path / "t.csv", "path,calcifications,age,sex\n"
-                                                         "a.png,micro,61,F\nb.png,none,61,\n"),
-                                clinical.form_fields(conn.describe(MODEL).tabular))
-    results = batch_ops.explain_batch(conn, MODEL, items, classes=conn.classes(MODEL), clinical=table)
-    direct = mm_server.client()
-    for result, fields in zip(results[:2], ({"calcifications": "micro", "age": "61", "sex": "F"},
-                                            {"calcifications": "none", "age": "61"}), strict=True):
-        expected = direct.explain(MODEL, img, **fields).probabilities
+    fields = clinical.form_fields(conn.describe(MODEL).tabular)
+    items = [BatchItem.of(name, img) for name in ("nodules/a.png", "b.png", "c.png")]
+    table = clinical.read_batch_csv(_csv(tmp_path / "t.csv", "path,label,calcifications,age,sex\n"
+                                                             "a.png,benign,micro,61,F\nb.png,,none,61,\n"), fields)
+    results = batch_ops.explain_batch(conn, MODEL, items, classes=conn.classes(MODEL), table=table, fields=fields)
+    direct = server.client()
+    for result, sent in zip(results[:2], ({"calcifications": "micro", "age": "61", "sex": "F"},
+                                          {"calcifications": "none", "age": "61"}), strict=True):
+        expected = direct.explain(MODEL, img, **sent).probabilities
         assert result.response.probabilities == pytest.approx(expected, abs=1e-6)
+    assert results[0].label == "benign" and results[1].label is None
     p0, p1 = (r.response.probabilities["malignant"] for r in results[:2])
     assert abs(logit(p0) - logit(p1)) > 0.1  # same image, different rows
     assert results[2].response is None and "clinical field 'age' is required" in results[2].error  # no row
-    with pytest.raises(InvalidRequest):  # (the server's rule the failed item reports)
-        direct.explain(MODEL, img)
 
 
 @pytest.mark.integration
-def test_batch_through_the_app_with_and_without_csv(mm_app, tmp_path):
+def test_batch_through_the_app_requires_the_csv_when_a_field_is_required(app_url, tmp_path):
     paths = []
     for name in ("a.png", "b.png"):
         paths.append(tmp_path / name)
         paths[-1].write_bytes(red_left_blue_right(64))
     csv_path = _csv(tmp_path / "clinical.csv", "path,age\na.png,61\nb.png,30\n")
-    client = api(mm_app, tmp_path)
+    client = api(app_url, tmp_path)
     files = [gradio_client.handle_file(str(p)) for p in paths]
-    summary, gallery = client.predict(files, MODEL, "jet", 0.5, gradio_client.handle_file(str(csv_path)),
-                                      api_name="/batch")
-    assert "**2 image(s)**, 2 explained" in summary and "Clinical data from clinical.csv for 2 of 2" in summary
-    assert len(gallery) == 2
-    with pytest.raises(gradio_client.exceptions.AppError, match="requires age for every image"):
-        client.predict(files, MODEL, "jet", 0.5, api_name="/batch")
+    summary, gallery, table, csv_file, _ = client.predict(
+        files, MODEL, "gradcam", "jet", 0.5, gradio_client.handle_file(str(csv_path)), None, api_name="/batch")
+    assert "**2 image(s)**, 2 explained" in summary and "Rows from clinical.csv for 2 of 2" in summary
+    assert len(gallery["value"]) == 2 and sorted(r[0] for r in table["data"]) == ["a.png", "b.png"]
+    summary, gallery, *_ = client.predict(files, MODEL, "gradcam", "jet", 0.5, None, None, api_name="/batch")
+    assert "requires age for every image" in summary and not gallery
