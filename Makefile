@@ -11,10 +11,12 @@ APP_PORT    ?= 7860
 PYTEST_ARGS ?=
 export GRADIO_ANALYTICS_ENABLED := False
 
-.PHONY: help install java browser model archive serve stop app demo test lint bench analyze analyze-thyroid evaluate-cam clean
+.PHONY: help install java browser model archive serve stop app demo test test-fast lint bench analyze analyze-thyroid evaluate-cam clean
 
 help: ## List the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  \033[1m%-10s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "} \
+	  {name[NR]=$$1; text[NR]=$$2; if (length($$1) > w) w = length($$1)} \
+	  END{fmt = "  \033[1m%-" w "s\033[0m  %s\n"; for (i = 1; i <= NR; i++) printf fmt, name[i], text[i]}'
 
 install: $(STAMP) java ## Virtualenv in .venv with every dependency (idempotent)
 
@@ -30,7 +32,7 @@ java: ## Check that Java >= 11 (TorchServe's frontend) is installed
 	if [ -z "$$v" ] || [ "$$v" -lt 11 ]; then \
 	  echo "TorchServe needs Java >= 11 (found: $${v:-none}). Install it, e.g. 'apt-get install openjdk-17-jdk-headless'."; exit 1; fi
 
-browser: ## Debian's headless Chromium for the one real-browser test
+browser: ## Debian's headless Chromium for the real-browser tests
 	@command -v chromium >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "Install Debian's chromium package (sudo apt-get install chromium)"; exit 1; fi; }
@@ -61,31 +63,41 @@ archive: install ## Package a checkpoint: make archive CKPT=path NAME=name [ARGS
 	@test -n "$(CKPT)" -a -n "$(NAME)" || { echo "usage: make archive CKPT=checkpoint.pt NAME=model_name [ARGS=...]"; exit 2; }
 	$(PY) scripts/archive.py $(CKPT) --name $(NAME) $(ARGS)
 
-serve: install ## Start TorchServe with config.properties and every .mar in model_store/
+serve: install ## Start TorchServe in the background (every .mar in model_store/; its logs go to logs/)
 	@ls model_store/*.mar >/dev/null 2>&1 || { echo "model_store/ has no .mar: run 'make model' or 'make archive'"; exit 1; }
-	$(VENV)/bin/torchserve --start --ncs --ts-config config.properties --model-store model_store
-	$(PY) scripts/wait_ready.py --url $(SERVER_URL) --management-url $(MGMT_URL) --key-file key_file.json
+	@mkdir -p logs
+	@# The server inherits these file descriptors: its log lines go to logs/, never to this terminal.
+	@LOG_LOCATION=logs METRICS_LOCATION=logs $(VENV)/bin/torchserve --start --ncs --ts-config config.properties \
+	  --model-store model_store >logs/torchserve.out 2>&1 </dev/null
+	@$(PY) scripts/wait_ready.py --url $(SERVER_URL) --management-url $(MGMT_URL) --key-file key_file.json \
+	  || { tail -n 20 logs/torchserve.out; exit 1; }
+	@echo "TorchServe is up on $(SERVER_URL) (key in key_file.json, logs in logs/; 'make stop' stops it)"
 
 stop: ## Stop TorchServe
-	-$(VENV)/bin/torchserve --stop
+	-@$(VENV)/bin/torchserve --stop
 
 app: install ## Run the Gradio app against the running TorchServe
-	$(PY) -m gradio_app --server-url $(SERVER_URL) --management-url $(MGMT_URL) --token-file key_file.json --port $(APP_PORT)
+	$(PY) -m gradio_app --url $(SERVER_URL) --management-url $(MGMT_URL) --token-file key_file.json --port $(APP_PORT)
 
 demo: model ## Everything: install, model, TorchServe, Gradio app (Ctrl-C stops all of it)
 	$(MAKE) serve
-	trap '$(MAKE) stop' EXIT INT TERM; \
-	echo "TorchServe: $(SERVER_URL)  (token in key_file.json)"; \
-	$(PY) -m gradio_app --server-url $(SERVER_URL) --management-url $(MGMT_URL) --token-file key_file.json --port $(APP_PORT)
+	trap '$(MAKE) --no-print-directory stop' EXIT INT TERM; \
+	$(PY) -m gradio_app --url $(SERVER_URL) --management-url $(MGMT_URL) --token-file key_file.json --port $(APP_PORT)
 
-test: install browser ## Run the whole test suite (starts real TorchServes on free ports)
+test: install browser nginx deploy-tools ## Run the whole test suite (real TorchServes on free ports, real Chromium, nginx)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-lint: install ## ruff
-	$(VENV)/bin/ruff check camserve handlers scripts gradio_app tests
+test-fast: install ## The unit layer only: no TorchServe, no browser, no training (under a minute)
+	$(PY) -m pytest -q -m unit $(PYTEST_ARGS)
 
-bench: install ## Grad-CAM cost vs prediction-only, side by side, seven architectures
+lint: install ## ruff on everything, strict mypy on the core and the handler
+	$(VENV)/bin/ruff check camserve handlers scripts gradio_app tests deploy
+	$(VENV)/bin/mypy
+
+bench: install ## Cost of explaining, side by side: CAM passes, whole requests in process, served vs a minimal handler
+	$(PY) scripts/bench_cam.py
 	$(PY) scripts/bench.py
+	$(PY) scripts/bench_served.py
 
 analyze: install ## Error analysis of the phantom test split through the served chest_phantom (after make serve)
 	$(PY) scripts/analyze_errors.py --url $(SERVER_URL) --token-file key_file.json --visualize --gradcam --top-k 20 $(ARGS)

@@ -22,8 +22,9 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -31,7 +32,9 @@ from PIL import Image
 from torch import nn
 
 from camserve import cam as cam_ops
+from camserve import faithfulness
 from camserve.archs import get_module
+from camserve.cam_methods import FUSION
 from camserve.checkpoint import ModelSpec, load_checkpoint
 from camserve.errors import CamserveError, InvalidRequest, RequestError, ServerError
 from camserve.imaging import decode_image, decode_mask, input_tensor
@@ -44,12 +47,14 @@ from camserve.schema import (
     ExplainOptions,
     ExplainResponse,
     Explanation,
+    Faithfulness,
     ModelInfo,
     Prediction,
     Target,
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 Result = ExplainResponse | CamserveError
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -111,10 +116,12 @@ class Explainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.spec = spec
         self.layer = get_module(self.model, spec.target_layer)
+        self.fusion = [get_module(self.model, n) for n in spec.fusion_layers] or [self.layer]
         self.schema = spec.schema
         self.info = ModelInfo(name=name, version=version, arch=spec.arch, layer=spec.target_layer,
                               classes=list(spec.class_names), input_size=spec.input_size,
-                              tabular=spec.tabular)
+                              tabular=spec.tabular, cam_method=spec.cam_method,
+                              fusion_layers=list(spec.fusion_layers))
         self.mean = torch.tensor(spec.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(spec.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         for name in COLORMAPS:  # read the colormaps now, not in the first request
@@ -134,7 +141,7 @@ class Explainer:
         results: list[Result | None] = [None] * len(rows)
         prepared: dict[int, Prepared] = {}
         for i, row in enumerate(rows):
-            outcome = guarded(lambda row=row: self.prepare(row), "reading this request")
+            outcome = guarded(partial(self.prepare, row), "reading this request")
             if isinstance(outcome, CamserveError):
                 results[i] = outcome
             else:
@@ -148,9 +155,7 @@ class Explainer:
         """Decode and validate one row (raises ``RequestError``)."""
         start = time.perf_counter()
         raw = split_request(row, self.schema.names if self.schema else ())
-        options = parse_options(raw.fields, self.spec.class_names)
-        if options.explain not in ("gradcam", "none"):
-            raise InvalidRequest(f"field 'explain': {options.explain!r} is not served by this version yet")
+        options = parse_options(raw.fields, self.spec.class_names, self.spec.cam_method)
         if self.schema is None and raw.clinical:
             raise InvalidRequest("field 'clinical': this model takes no clinical fields")
         tabular = None if self.schema is None else self.schema.encode(raw.clinical)
@@ -172,27 +177,68 @@ class Explainer:
         return [result for item in items for result in self.run_isolated([item])]
 
     def run(self, items: Sequence[Prepared]) -> list[Result]:
-        """One forward for the whole batch (raises if it fails), then per-row rendering (never raises)."""
+        """The forward(s) of the batch (raises if one fails), then per-row rendering (never raises).
+
+        Rows asking for the same method share one fused forward (rows with ``explain=none`` join the
+        first); rows asking for faithfulness add one no-grad forward for their group.
+        """
         start = time.perf_counter()
         x, extra = self.batch(items)
         precision = (torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES[self.settings.autocast])
                      if self.settings.autocast and self.device.type == "cuda" else nullcontext())
+        outputs: list[RowOutput | None] = [None] * len(items)
         with precision:
-            if any(p.options.wants_cam for p in items):
-                out = cam_ops.predict_and_explain(self.model, self.layer, x, [p.options.target for p in items],
-                                                  extra)
-            else:
-                out = cam_ops.predict(self.model, x, extra)
+            for rows, method in self.groups(items):
+                for i, row in zip(rows, self.forward(items, rows, method, x, extra), strict=True):
+                    outputs[i] = row
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         forward_ms = (time.perf_counter() - start) * 1e3
 
         def respond(i: int) -> Result:
-            return guarded(lambda: self.respond(items[i], out, i, forward_ms, len(items)), "rendering this answer")
+            out = outputs[i]
+            assert out is not None
+            return guarded(lambda: self.respond(items[i], out, forward_ms, len(items)), "rendering this answer")
 
         if len(items) == 1 or not any(p.options.wants_cam and p.options.images != "none" for p in items):
             return [respond(i) for i in range(len(items))]
         return list(self.pool.map(respond, range(len(items))))
+
+    @staticmethod
+    def groups(items: Sequence[Prepared]) -> list[tuple[list[int], str | None]]:
+        """Rows sharing a forward: one group per requested method (``None``: prediction only)."""
+        methods = list(dict.fromkeys(p.options.explain for p in items if p.options.wants_cam))
+        if not methods:
+            return [(list(range(len(items))), None)]
+        groups = {m: [i for i, p in enumerate(items) if p.options.explain == m] for m in methods}
+        groups[methods[0]] = sorted(groups[methods[0]] + [i for i, p in enumerate(items) if not p.options.wants_cam])
+        return [(rows, m) for m, rows in groups.items()]
+
+    def forward(self, items: Sequence[Prepared], rows: list[int], method: str | None, x: torch.Tensor,
+                extra: tuple[torch.Tensor, ...]) -> list[RowOutput]:
+        """One group's pass: predictions and maps, then its faithfulness rows (one more forward)."""
+        index = torch.as_tensor(rows, device=x.device)
+        xs = x if len(rows) == len(items) else x.index_select(0, index)
+        es = tuple(e if len(rows) == len(items) else e.index_select(0, index) for e in extra)
+        if method is None:
+            out = cam_ops.predict(self.model, xs, es)
+        else:
+            layers = self.fusion if method == FUSION else [self.layer]
+            out = cam_ops.explain_batch(self.model, layers, xs, [list(items[i].options.targets) for i in rows], es,
+                                        method)
+        faith: list[list[Faithfulness] | None] = [None] * len(rows)
+        asked = [j for j, i in enumerate(rows) if items[i].options.faithfulness and out.cams is not None]
+        if asked and out.cams is not None:
+            sub = torch.as_tensor(asked, device=x.device)
+            maps = cam_ops.input_maps([out.cams[j] for j in asked], self.spec.input_size)
+            scores = faithfulness.score(self.model, xs.index_select(0, sub), [e.index_select(0, sub) for e in es],
+                                        maps.to(x.device), [out.targets[j] for j in asked],
+                                        out.log_probs[asked])
+            it = iter(scores)
+            for j in asked:
+                faith[j] = [next(it) for _ in out.targets[j]]
+        return [RowOutput(out.log_probs[j], out.targets[j], None if out.cams is None else out.cams[j], faith[j])
+                for j in range(len(rows))]
 
     def batch(self, items: Sequence[Prepared]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """Stack the uint8 inputs, move them to the device and normalise them there."""
@@ -208,51 +254,63 @@ class Explainer:
             extra = (torch.stack([p.tabular for p in items if p.tabular is not None]).to(self.device),)
         return x, extra
 
-    def respond(self, item: Prepared, out: cam_ops.FusedOutput, i: int, forward_ms: float,
-                batch_size: int) -> ExplainResponse:
+    def respond(self, item: Prepared, out: RowOutput, forward_ms: float, batch_size: int) -> ExplainResponse:
         """Shape one sample's response."""
         start = time.perf_counter()
         names = self.spec.class_names
-        log_probs = out.log_probs[i]
-        probs = log_probs.exp().tolist()
+        probs = out.log_probs.exp().tolist()
         order = sorted(range(len(names)), key=lambda k: -probs[k])
         topk = item.options.topk or min(5, len(names))
         pred = order[0]
-        explanation = None
+        maps: list[Explanation] = []
         if item.options.wants_cam and out.cams is not None:
-            explanation = self.explanation(item, out.cams[i], out.targets[i])
+            shown = shown_image(item.image, item.options.max_side)
+            maps = [self.explanation(item, shown, out.cams[t], target, None if out.faith is None else out.faith[t])
+                    for t, target in enumerate(out.targets)]
+        timing = {"preprocess": round(item.preprocess_ms, 2), "forward": round(forward_ms, 2),
+                  "render": round((time.perf_counter() - start) * 1e3, 2), "batch_size": batch_size}
         return ExplainResponse(
             model=self.info,
             prediction=Prediction(names[pred], pred, probs[pred]),
             topk=[ClassScore(names[k], k, probs[k]) for k in order[:topk]],
             probabilities={names[k]: probs[k] for k in range(len(names))},
-            explanation=explanation,
-            error=None if item.options.label is None else error_info(names, log_probs, item.options.label),
-            timing_ms={"preprocess": round(item.preprocess_ms, 2), "forward": round(forward_ms, 2),
-                       "render": round((time.perf_counter() - start) * 1e3, 2), "batch_size": batch_size},
+            explanation=maps[0] if maps else None,
+            error=None if item.options.label is None else error_info(names, out.log_probs, item.options.label),
+            timing_ms=timing,
+            explanations=maps if len(maps) > 1 else None,
         )
 
-    def explanation(self, item: Prepared, raw_cam: torch.Tensor, target: int) -> Explanation:
+    def explanation(self, item: Prepared, shown: Image.Image, raw_cam: torch.Tensor, target: int,
+                    faith: Faithfulness | None) -> Explanation:
         """Normalise, render and score one map."""
         cam, top = cam_ops.normalise(raw_cam)
         opts = item.options
         images = None
         focus = None
         if opts.images != "none" or item.mask is not None:
-            shown = shown_image(item.image, opts.max_side)
             cam_up = cam_ops.upsample(cam, shown.height, shown.width)
             images = encode_images(shown, cam_up, opts.colormap, opts.alpha, opts.images, opts.image_format)
             if item.mask is not None:
-                mask = Image.fromarray(item.mask).resize(shown.size, Image.NEAREST)
+                mask = Image.fromarray(item.mask).resize(shown.size, Image.Resampling.NEAREST)
                 focus = cam_ops.focus_score(cam_up, torch.from_numpy(np.array(mask)))
         return Explanation(
             method=opts.explain, target=Target(self.spec.class_names[target], target),
             cam=np.round(cam.numpy().astype(np.float64), 5).tolist(), cam_max=top,
             heatmap=None if images is None else images.heatmap,
-            overlay=None if images is None else images.overlay, focus_score=focus)
+            overlay=None if images is None else images.overlay, focus_score=focus, faithfulness=faith)
 
 
-def guarded(step: Callable[[], Any], doing: str) -> Any:
+@dataclass(frozen=True)
+class RowOutput:
+    """One row's share of the forward: log-probabilities, explained classes, raw maps, faithfulness."""
+
+    log_probs: torch.Tensor
+    targets: list[int]
+    cams: torch.Tensor | None
+    faith: list[Faithfulness] | None
+
+
+def guarded(step: Callable[[], T], doing: str) -> T | CamserveError:
     """Run one row's step; return its ``CamserveError`` (4xx as raised, anything else as a logged 500)."""
     try:
         return step()
