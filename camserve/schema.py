@@ -1,4 +1,4 @@
-"""Request options and the response, typed once and imported by every component (STYLE.md #2).
+"""Request options and the response, typed once and imported by every component.
 
 The handler builds an :class:`ExplainResponse` and serialises it with :meth:`ExplainResponse.to_json`;
 the Gradio app and the analysis script read the server's JSON back with :meth:`ExplainResponse.from_dict`.

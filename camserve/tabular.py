@@ -6,7 +6,8 @@ Schema file (JSON), as passed to ``scripts/archive.py --tabular-schema``::
         {"name": "age", "type": "numeric", "mean": 50.0, "std": 15.0, "required": false},
         {"name": "sex", "type": "categorical", "categories": ["F", "M"], "required": false}]}
 
-Encoding (seed 001's ``encode_clinical_with_mask``, made explicit): a numeric feature gives two values,
+Encoding (a value plus a missing-value flag per feature, the usual scheme for tabular branches): a
+numeric feature gives two values,
 ``(x - mean) / std`` and a missing flag; a categorical one gives a one-hot over its categories and a
 missing flag. A missing value encodes as zeros with its flag set to 1. The vector's layout follows the
 schema's feature order; ``TabularSchema.width`` is its length.
