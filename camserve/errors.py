@@ -32,7 +32,8 @@ EXCERPT = 40  # characters of an offending value quoted back
 
 
 def excerpt(value: Any, limit: int = EXCERPT) -> str:
-    """A short, escaped, quoted excerpt of a value for an error message (never the whole value).
+    """A short, quoted excerpt of a value for an error message (never the whole value), ASCII-escaped so
+    control and direction-changing characters cannot disguise a message.
 
     >>> excerpt("x" * 100, 8)
     "'xxxxxxxx'... (100 characters)"
@@ -45,11 +46,14 @@ def excerpt(value: Any, limit: int = EXCERPT) -> str:
         except ValueError:  # e.g. an int over Python's 4300-digit conversion limit
             text = f"<{type(value).__name__} too large to show>"
         size, unit, head = len(text), "characters", text[:limit]
-    return repr(head) if size <= limit else f"{head!r}... ({size} {unit})"
+    return ascii(head) if size <= limit else f"{ascii(head)}... ({size} {unit})"
 
 
 class CamserveError(Exception):
     """Base class; ``status`` is the HTTP status the error is answered with.
+
+    Subclasses set their status and retriability in the class statement:
+    ``class WorkerDied(ServerError, status=507, retriable=True)``.
 
     Attributes:
         message: What went wrong and what to do, at most :data:`MAX_MESSAGE` characters.
@@ -58,6 +62,13 @@ class CamserveError(Exception):
 
     status = 500
     retriable = False
+
+    def __init_subclass__(cls, status: int | None = None, retriable: bool | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if status is not None:
+            cls.status = status
+        if retriable is not None:
+            cls.retriable = retriable
 
     def __init__(self, message: str) -> None:
         message = str(message)
@@ -71,46 +82,40 @@ class CamserveError(Exception):
         return {"code": self.status, "type": type(self).__name__, "message": self.message}
 
 
-class RequestError(CamserveError):
+class RequestError(CamserveError, status=400):
     """The request is at fault; other requests in the same batch are unaffected."""
 
-    status = 400
+
+class InvalidRequest(RequestError, status=400):
+    """A field is missing, ill-typed or out of range; the message names it and what is allowed."""
 
 
-class InvalidRequest(RequestError):
-    status = 400
+class Unauthorized(RequestError, status=401):
+    """The server refused the token (TorchServe answers a bad key with 400 ``InvalidKeyException``)."""
 
 
-class Unauthorized(RequestError):
-    status = 401
+class ModelNotFound(RequestError, status=404):
+    """The server serves no model of that name."""
 
 
-class ModelNotFound(RequestError):
-    status = 404
+class PayloadTooLarge(RequestError, status=413):
+    """A body, an image (bytes or pixels), a JSON field or the answer would exceed its bound."""
 
 
-class PayloadTooLarge(RequestError):
-    status = 413
+class UnsupportedImage(RequestError, status=415):
+    """The bytes are not an image camserve can decode (or their metadata is corrupt)."""
 
 
-class UnsupportedImage(RequestError):
-    status = 415
+class ServerError(CamserveError, status=500):
+    """The server failed on this request; the details are in its log, never in the answer."""
 
 
-class ServerError(CamserveError):
-    status = 500
-
-
-class WorkerDied(ServerError):
+class WorkerDied(ServerError, status=507, retriable=True):
     """TorchServe lost the model worker while it held the request; it restarts the worker."""
 
-    status = 507
-    retriable = True
 
-
-class ServerUnavailable(ServerError):
-    status = 503
-    retriable = True
+class ServerUnavailable(ServerError, status=503, retriable=True):
+    """The server is down, overloaded or restarting."""
 
 
 class ServerUnreachable(ServerUnavailable):
@@ -121,16 +126,12 @@ class ServerTimeout(ServerUnavailable):
     """The server took the request but did not answer within the client's timeout."""
 
 
-class CheckpointError(CamserveError):
+class CheckpointError(CamserveError, status=500):
     """A checkpoint that cannot be served; the message says what to do about it."""
 
-    status = 500
 
-
-class DataError(CamserveError):
+class DataError(CamserveError, status=400):
     """Local input that cannot be used: a data folder, a clinical CSV, a mask, a key file."""
-
-    status = 400
 
 
 class ResumeMismatch(DataError):
