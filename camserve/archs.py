@@ -176,9 +176,10 @@ def module_maps(model: nn.Module, input_size: int, dummy_inputs: tuple = ()) -> 
                                        is_pool or any(out is p for p in pooled))
 
         hooks.append(module.register_forward_hook(record))
+    dtype = next(model.parameters(), torch.zeros(())).dtype
     try:
         with torch.no_grad():
-            model(torch.zeros(1, 3, input_size, input_size), *dummy_inputs)
+            model(torch.zeros(1, 3, input_size, input_size, dtype=dtype), *dummy_inputs)
     finally:
         for h in hooks:
             h.remove()
