@@ -7,6 +7,7 @@ All logic lives in plain modules (``client``, ``explain``, ``render``, ``batch``
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,10 @@ from camserve.schema import COLORMAPS, DEFAULT_ALPHA
 from gradio_app import batch as batch_ops
 from gradio_app import clinical, form
 from gradio_app.client import Connection
-from gradio_app.events import PROMPT, Events, Page, default_method, focus_info, intro, status_line
+from gradio_app.events import Events, ExampleView, Page
 from gradio_app.explain import AUTO, NO_LABEL, method_choices
 from gradio_app.settings import Settings
+from gradio_app.texts import PROMPT, default_method, intro, status_line
 
 log = logging.getLogger(__name__)
 SERVER_CONCURRENCY = 8  # events that only wait on TorchServe: let them overlap (Gradio's default is 1)
@@ -58,6 +60,8 @@ def build_app(settings: Settings, connection: Connection | None = None) -> gr.Bl
     first = status.models[0] if status.models else None
     info, fields = on.info(first), on.fields(first)
     slots = form.plan(on.fields(m) for m in status.models)
+    examples = on.example_view(first)  # the first model's; the others' are read in the background
+    threading.Thread(target=lambda: [on.examples(m) for m in status.models[1:]], daemon=True).start()
     classes = [] if info is None else list(info.classes)
     c = page.c
 
@@ -74,7 +78,7 @@ def build_app(settings: Settings, connection: Connection | None = None) -> gr.Bl
             c["alpha"] = gr.Slider(0.0, 1.0, value=DEFAULT_ALPHA, step=0.05, label="Heatmap opacity (alpha)",
                                    elem_id="alpha")
         with gr.Tab("Explain", elem_id="tab-explain"):
-            explain_tab(c, classes, default_method(info))
+            explain_tab(c, classes, default_method(info), examples)
             page.form = form.ClinicalForm(slots, fields)
             with gr.Accordion("Every class side by side", open=True, elem_id="every-class-box"):
                 c["every_class"] = gr.Gallery(label="Every class (same colormap, opacity and scale choice)",
@@ -95,7 +99,7 @@ def build_app(settings: Settings, connection: Connection | None = None) -> gr.Bl
     return demo
 
 
-def explain_tab(c: dict[str, Any], classes: list[str], method: str) -> None:
+def explain_tab(c: dict[str, Any], classes: list[str], method: str, examples: ExampleView) -> None:
     """The explain view: the image and the button beside the maps, then the options."""
     with gr.Row(elem_id="explain-row"):
         with gr.Column(scale=1, min_width=260):
@@ -111,8 +115,10 @@ def explain_tab(c: dict[str, Any], classes: list[str], method: str) -> None:
                                              min_width=300, **PICTURE)
             c["colorbar"] = gr.HTML("", elem_id="colorbar")
             c["scores"] = gr.Label(num_top_classes=5, label="Top classes", elem_id="scores")
-    c["examples"] = gr.Gallery(label="Examples from the test set", elem_id="examples", columns=6, height="auto",
-                               allow_preview=False, object_fit="contain", buttons=[], visible=False)
+    c["examples_note"] = gr.Markdown(examples.note, elem_id="examples-note", visible=bool(examples.thumbnails))
+    c["examples"] = gr.Gallery(examples.thumbnails or None, label="Examples from the test set", show_label=False,
+                               elem_id="examples", columns=6, height="auto", allow_preview=False, object_fit="contain",
+                               buttons=[], visible=bool(examples.thumbnails))
     with gr.Row(elem_id="options"):
         # Any class name is let through (the server names the classes it knows): the choices follow the
         # selected model in the page, but an API client's session keeps those of the first model.
@@ -131,7 +137,7 @@ def explain_tab(c: dict[str, Any], classes: list[str], method: str) -> None:
     with gr.Row(elem_id="mask-row"):
         c["mask"] = image_upload(sources=["upload", "clipboard"], height=180, elem_id="mask",
                                  label="Region mask (optional)", alt_text="the region mask")
-        c["focus"] = gr.Textbox("", label="Focus score", info=focus_info(None), interactive=False, elem_id="focus")
+        c["focus"] = gr.Textbox("", label="Focus score", info=examples.focus_info, interactive=False, elem_id="focus")
 
 
 def batch_tab(c: dict[str, Any], fields: list[clinical.FormField]) -> None:
@@ -164,8 +170,8 @@ def wire(demo: gr.Blocks, on: Events, page: Page, timer: gr.Timer) -> None:
     explain_inputs = [p.image, p.model, p.target, p.label, p.method, p.faithful, p.mask, p.colormap, p.alpha,
                       p.same_scale, *fm.inputs]
     drawn = [p.banner, p.overlay, p.overlay_true, p.colorbar, p.heatmap, p.focus, p.details, p.every_class]
-    model_outputs = [p.intro, p.target, p.method, p.label, p.examples, p.mask, p.focus, p.batch_note, p.labels_csv,
-                     p.status, *fm.outputs]
+    model_outputs = [p.intro, p.target, p.method, p.label, p.examples_note, p.examples, p.focus, p.batch_note,
+                     p.labels_csv, p.status, *fm.outputs]
     with demo:
         p.run.click(form.with_parameters(on.explain, fm.names), explain_inputs,
                     [*drawn, p.scores, p.original, p.answer, p.status], api_name="explain",
@@ -175,14 +181,16 @@ def wire(demo: gr.Blocks, on: Events, page: Page, timer: gr.Timer) -> None:
                               (p.same_scale.change, None), (p.target.change, None)):
             trigger(on.redraw, redraw_inputs, drawn, api_name=name, api_visibility="public" if name else "private",
                     show_progress="hidden", trigger_mode="always_last", concurrency_limit=SERVER_CONCURRENCY)
+        # The page is built for the first model; a change (by the visitor, or by the status check when the
+        # server's models change) redraws everything that follows the model, the last change winning.
         p.model.change(on.select_model, [p.model, p.target, p.label], model_outputs, api_name="select_model",
-                       show_progress="hidden", concurrency_limit=SERVER_CONCURRENCY)
-        demo.load(on.select_model, [p.model, p.target, p.label], model_outputs, api_visibility="private",
-                  show_progress="hidden", concurrency_limit=SERVER_CONCURRENCY)
+                       show_progress="hidden", trigger_mode="always_last", concurrency_limit=SERVER_CONCURRENCY)
         p.examples.select(on.pick_example, [p.model], [p.image, p.label, p.mask, *fm.inputs],
                           api_visibility="private")
         timer.tick(on.poll, [p.model, p.known_models], [p.status, p.model, p.known_models], api_name="status",
                    show_progress="hidden", concurrency_limit=SERVER_CONCURRENCY)
+        demo.load(on.poll, [p.model, p.known_models], [p.status, p.model, p.known_models], api_visibility="private",
+                  show_progress="hidden", concurrency_limit=SERVER_CONCURRENCY)
         p.run_batch.click(on.batch, [p.files, p.model, p.method, p.colormap, p.alpha, p.labels_csv, p.masks],
                           [p.batch_summary, p.gallery, p.table, p.table_csv, p.status], api_name="batch",
                           concurrency_limit=2)

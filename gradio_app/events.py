@@ -7,12 +7,7 @@ last call. Nothing here raises to Gradio: an output box never shows a bare "Erro
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import logging
-import tempfile
-import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,55 +15,27 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from camserve.clinical_table import ClinicalTable
 from camserve.errors import CamserveError, DataError, excerpt
-from camserve.render import encode
-from camserve.schema import CAM_METHODS, DEFAULT_ALPHA, ModelInfo
+from camserve.schema import DEFAULT_ALPHA, ModelInfo
 from gradio_app import batch as batch_ops
 from gradio_app import clinical, explain, uploads
-from gradio_app.client import Connection, ServerStatus
+from gradio_app.client import Connection
 from gradio_app.examples import Example, pick_examples
 from gradio_app.explain import AUTO, NO_LABEL, Answer
+from gradio_app.files import picture, write_csv
 from gradio_app.form import ClinicalForm
 from gradio_app.render import as_rgb, display_image
 from gradio_app.settings import Settings
+from gradio_app.texts import batch_summary, default_method, examples_label, focus_info, intro, status_line
 
 log = logging.getLogger(__name__)
-PROMPT = '<div class="verdict prompt">Pick an example or upload an image, then press <b>Explain</b>.</div>'
 EXAMPLE_SIDE = 160
 EXAMPLES_PER_CLASS = 2
 CANDIDATES_PER_CLASS = 10  # looked through for one the model gets wrong, when the first ones are all right
-OUT_DIR = Path(tempfile.mkdtemp(prefix="camserve-app-"))  # pictures and tables handed to Gradio
-_last_sweep = 0.0
 
 
-def status_line(status: ServerStatus) -> str:
-    """The status line's Markdown, for a visitor (plain text marks: emoji fonts are missing on some machines)."""
-    return f"**Model server up.** {status.message}" if status.ok else f"**Model server down.** {status.message}"
-
-
-def intro(model: str | None, info: ModelInfo | None, description: str = "") -> str:
-    """The page's heading and first lines, for the selected model (nothing model-specific without one)."""
-    head = "## What the model sees\n"
-    if model is None or info is None:
-        return head + "The model server is not reachable yet; this page fills in once it is."
-    text = (f"Upload an image (or pick an example below) and press **Explain**: the model **{model}** gives its "
-            f"top classes ({', '.join(info.classes)}) and a heat map of where it looked.")
-    if info.tabular:
-        text += " It also reads clinical data: fill in the form under the options."
-    return head + " ".join(p for p in (text, description, "Research demo: not for diagnosis.") if p)
-
-
-def default_method(info: ModelInfo | None) -> str:
-    """The model's own CAM method (its archive's default), else Grad-CAM."""
-    return info.cam_method if info is not None and info.cam_method in CAM_METHODS else "gradcam"
-
-
-def focus_info(mask_name: str | None) -> str:
-    """What the focus score measures, and which mask the examples give (when they give one)."""
-    given = f" (white = inside; the examples give the {mask_name})" if mask_name else " (white = inside)"
-    return (f"Share of the map inside the region mask{given}: 1 = all inside; about the mask's share of the "
-            "image = no better than chance.")
+def as_thumbnail(path: Path) -> Image.Image:
+    return display_image(as_rgb(path.read_bytes()), EXAMPLE_SIDE)
 
 
 def _message(conn: Connection, exc: BaseException) -> str:
@@ -77,6 +44,15 @@ def _message(conn: Connection, exc: BaseException) -> str:
     else:
         log.info("%s: %s", type(exc).__name__, exc)
     return conn.message(exc)
+
+
+@dataclass(frozen=True)
+class ExampleView:
+    """A model's examples as the page shows them: the line above, the thumbnails, the focus score's info."""
+
+    note: str
+    thumbnails: list[tuple[Image.Image, str]]
+    focus_info: str
 
 
 @dataclass
@@ -147,24 +123,32 @@ class Events:
         info, fields = self.info(model), self.fields(model)
         names = [] if info is None else list(info.classes)
         source = self.settings.examples.get(model or "")
-        examples = self.examples(model)
+        shown = self.example_view(model)
         targets, labels = [AUTO, *names], [NO_LABEL, *names]
-        has_masks = any(e.mask is not None for e in examples)
         out = {
             p.intro: intro(model, info, "" if source is None else source.description),
-            p.target: gr.Dropdown(choices=targets, value=target if target in targets else AUTO),
+            # A value only when the current one is not a class of this model: an example picked while the
+            # model changes keeps its true label.
+            p.target: gr.Dropdown(choices=targets, **({} if target in targets else {"value": AUTO})),
             p.method: default_method(info),
-            p.label: gr.Dropdown(choices=labels, value=label if label in labels else NO_LABEL),
-            p.examples: gr.Gallery(value=[(as_thumbnail(e.image), e.caption()) for e in examples] or None,
-                                   visible=bool(examples), label=examples_label(examples)),
-            p.mask: None,
-            p.focus: gr.Textbox(value="", info=focus_info(source.mask_name if has_masks and source else None)),
+            p.label: gr.Dropdown(choices=labels, **({} if label in labels else {"value": NO_LABEL})),
+            p.examples_note: gr.Markdown(shown.note, visible=bool(shown.thumbnails)),
+            p.examples: gr.Gallery(value=shown.thumbnails or None, visible=bool(shown.thumbnails)),
+            p.focus: gr.Textbox(value="", info=shown.focus_info),
             p.batch_note: clinical.batch_note(fields),
             p.labels_csv: None,
             p.status: status_line(self.conn.health),
         }
         out.update(zip(p.form.outputs, p.form.updates(fields), strict=True))
         return out
+
+    def example_view(self, model: str | None) -> ExampleView:
+        """What the page shows of a model's examples."""
+        examples = self.examples(model)
+        source = self.settings.examples.get(model or "")
+        masks = source.mask_name if source is not None and any(e.mask is not None for e in examples) else None
+        return ExampleView(examples_label(examples), [(as_thumbnail(e.image), e.caption()) for e in examples],
+                           focus_info(masks))
 
     def poll(self, model: str | None, known: list[str] | None) -> tuple:
         """The timer's check: status line, and the model list when the server's models changed."""
@@ -293,49 +277,3 @@ class Events:
                 p.status: status_line(self.conn.health)}
 
 
-def batch_summary(results: list[batch_ops.BatchResult], found: uploads.Collected,
-                  table: ClinicalTable | None) -> str:
-    text = batch_ops.summary(results)
-    if table is not None:
-        text += "\n\n" + clinical.coverage(table, [i.name for i in found.items])
-    skipped = uploads.skipped_text(found.skipped)
-    return text + (f"\n\n{skipped}" if skipped else "")
-
-
-def write_csv(text: str) -> str:
-    """The batch table as a file to download."""
-    return _write(f"camserve-batch-{uuid.uuid4().hex[:8]}.csv", text.encode("utf-8"))
-
-
-def picture(image: Image.Image) -> str:
-    """An output picture as a PNG file: zlib level 1 is 3-4x faster than Gradio's own PNG encoding and
-    just as lossless, which keeps a slider's re-draw quick."""
-    data = encode(image, "png")
-    return _write(f"{hashlib.sha256(data).hexdigest()[:24]}.png", data)
-
-
-def _write(name: str, data: bytes) -> str:
-    """A file in the app's own temp folder (Gradio copies it into its cache); files over an hour old go."""
-    global _last_sweep
-    now = time.time()
-    if now - _last_sweep > 60:
-        _last_sweep = now
-        for old in OUT_DIR.iterdir():
-            with contextlib.suppress(OSError):
-                if now - old.stat().st_mtime > 3600:
-                    old.unlink()
-    path = OUT_DIR / name
-    path.write_bytes(data)
-    return str(path)
-
-
-def as_thumbnail(path: Path):
-    return display_image(as_rgb(path.read_bytes()), EXAMPLE_SIDE)
-
-
-def examples_label(examples: list[Example]) -> str:
-    """The examples' label: what a click fills in."""
-    extras = (["clinical values"] if any(e.clinical for e in examples) else []) + (
-        ["mask"] if any(e.mask for e in examples) else [])
-    return "Examples from the test set: a click fills in the image, its true label" + "".join(
-        f", its {x}" for x in extras)

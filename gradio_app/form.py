@@ -32,17 +32,22 @@ class Slot:
 
     Attributes:
         name: Its API parameter name (an identifier).
-        field: The clinical field it is for; ``None`` for a generic slot.
-        numeric: A number (a text box); ``None`` for a generic slot (a dropdown and a text box).
+        field: The clinical field it is made for; ``None`` for a generic slot (a dropdown and a text box,
+            for whatever field a model puts there).
     """
 
     name: str
-    field: str | None = None
-    numeric: bool | None = None
+    field: FormField | None = None
 
     @property
     def kinds(self) -> tuple[str, ...]:
-        return ("choice", "number") if self.numeric is None else ("number",) if self.numeric else ("choice",)
+        if self.field is None:
+            return ("choice", "number")
+        return ("number",) if self.field.numeric else ("choice",)
+
+    def fits(self, f: FormField) -> bool:
+        """Whether this is the slot made for ``f`` (same name, same kind)."""
+        return self.field is not None and self.field.name == f.name and self.field.numeric == f.numeric
 
 
 def plan(forms: Iterable[Sequence[FormField]]) -> list[Slot]:
@@ -50,8 +55,8 @@ def plan(forms: Iterable[Sequence[FormField]]) -> list[Slot]:
     slots: list[Slot] = []
     for fields in forms:
         for f in fields:
-            if not any(s.field == f.name and s.numeric == f.numeric for s in slots):
-                slots.append(Slot(_identifier(f.name, {s.name for s in slots}), f.name, f.numeric))
+            if not any(s.fits(f) for s in slots):
+                slots.append(Slot(_identifier(f.name, {s.name for s in slots}), f))
     return slots or [Slot(f"field_{i + 1}") for i in range(SPARE_SLOTS)]
 
 
@@ -67,12 +72,12 @@ def _identifier(name: str, taken: set[str]) -> str:
 
 
 def assign(fields: Sequence[FormField], slots: Sequence[Slot]) -> list[int | None]:
-    """The slot index of each field: the slot made for its name and kind, else the next free generic
-    slot; ``None`` when none is left (the field is then sent as missing)."""
+    """The slot index of each field: the slot made for it, else the next free generic slot; ``None`` when
+    none is left (the field is then sent as missing)."""
     free = [i for i, s in enumerate(slots) if s.field is None]
     out: list[int | None] = []
     for f in fields:
-        named = next((i for i, s in enumerate(slots) if s.field == f.name and s.numeric == f.numeric), None)
+        named = next((i for i, s in enumerate(slots) if s.fits(f)), None)
         out.append(named if named is not None else free.pop(0) if free else None)
     return out
 
@@ -110,11 +115,15 @@ class ClinicalForm:
         return [self.box, self.note, *self.inputs]
 
     def updates(self, fields: Sequence[FormField]) -> tuple:
-        """New properties for :attr:`outputs`: the form of another model (hidden when it has none)."""
-        props = entry_props(fields, self.slots)
+        """New properties for :attr:`outputs`: the form of another model (hidden when it has none).
+
+        A slot made for a field only shows or hides, keeping its value (the field means the same for every
+        model that has it, and an example picked while the form changes must not be wiped); a generic
+        slot is set up for its new field, empty.
+        """
         return (gr.Accordion(visible=bool(fields)), gr.Markdown(note(fields, self.slots), visible=bool(fields)),
                 *((gr.Dropdown if kind == "choice" else gr.Textbox)(**p)
-                  for (_, kind), p in zip(self.entries, props, strict=True)))
+                  for (_, kind), p in zip(self.entries, entry_props(fields, self.slots, update=True), strict=True)))
 
     def values(self, fields: Sequence[FormField], inputs: Sequence[Any]) -> list[Any]:
         """One value per form field from :attr:`inputs`' values (``None`` for a field without a slot)."""
@@ -141,22 +150,36 @@ def _value(field: FormField, text: str | None) -> Any:
     return field.empty if text is None or is_missing(text) else text
 
 
-def entry_props(fields: Sequence[FormField], slots: Sequence[Slot]) -> list[dict[str, Any]]:
-    """Each input's properties for a model's form: its field's input shown, every other one hidden."""
-    hidden: dict[str, Any] = {"visible": False, "value": None}
+def entry_props(fields: Sequence[FormField], slots: Sequence[Slot], update: bool = False) -> list[dict[str, Any]]:
+    """Each input's properties for a model's form: its fields' inputs shown, every other one hidden.
+
+    With ``update``, the properties that change from one model to another only: a slot made for a field
+    keeps its choices and value.
+    """
     by_slot = {slot: f for f, slot in zip(fields, assign(fields, slots), strict=True) if slot is not None}
     props = []
     for i, s in enumerate(slots):
         f = by_slot.get(i)
         for kind in s.kinds:
-            if f is None or kind != _kind(f):
-                props.append({**hidden, "choices": []} if kind == "choice" else {**hidden, "value": ""})
-            elif f.numeric:
-                placeholder = "a number (required)" if f.required else "a number; empty = missing"
-                props.append({"visible": True, "value": "", "label": f.label, "placeholder": placeholder})
+            if s.field is not None and not update:  # set up once, at build, for its own field
+                props.append({**_shown(s.field), "visible": f is not None})
+            elif s.field is not None:  # shown or hidden; a model whose field differs gets its own choices
+                same = f is None or (f.categories == s.field.categories and f.required == s.field.required)
+                props.append({"visible": f is not None} if same else _shown(f))
+            elif f is not None and kind == _kind(f):
+                props.append(_shown(f))
             else:
-                props.append({"visible": True, "value": f.empty, "label": f.label, "choices": f.choices})
+                props.append({"visible": False, "value": None, "choices": []} if kind == "choice"
+                             else {"visible": False, "value": ""})
     return props
+
+
+def _shown(f: FormField) -> dict[str, Any]:
+    """A field's input, empty (which means missing)."""
+    if f.numeric:
+        placeholder = "a number (required)" if f.required else "a number; empty = missing"
+        return {"visible": True, "value": "", "label": f.label, "placeholder": placeholder}
+    return {"visible": True, "value": f.empty, "label": f.label, "choices": f.choices}
 
 
 def note(fields: Sequence[FormField], slots: Sequence[Slot]) -> str:

@@ -157,6 +157,26 @@ def test_share_without_auth_is_refused_before_gradio_starts():
     assert out.stdout.split() == ["2", "False"], out.stderr
 
 
+def test_the_app_says_where_it_is_and_nothing_about_sharing(tmp_path):
+    port, down = free_port(), free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "gradio_app", "--url", f"http://127.0.0.1:{down}",
+                             "--management-url", f"http://127.0.0.1:{down}", "--token-file", str(tmp_path / "none"),
+                             "--port", str(port), "--data-dir", str(tmp_path)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "the demo page is on" in line:
+                break
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    text = "".join(lines)
+    assert f"the demo page is on http://127.0.0.1:{port}/" in text, text
+    assert "share" not in text.lower() and "public link" not in text.lower(), text
+
+
 def test_command_line_vocabulary_old_spelling_and_bad_values(capsys):
     parser = build_parser()
     args = parser.parse_args([])

@@ -18,11 +18,11 @@ from camserve.schema import CAM_METHODS, ClassScore, ErrorInfo, ExplainResponse,
 from gradio_app import batch as batch_ops
 from gradio_app import explain as explain_ops
 from gradio_app.client import DOWN, Connection, message_for, scrub
-from gradio_app.events import default_method
 from gradio_app.examples import Example, ExampleSource, demo_sources, pick_examples
 from gradio_app.explain import ask, verdict, view
 from gradio_app.render import DISPLAY_SIDE
 from gradio_app.settings import Settings
+from gradio_app.texts import default_method
 from gradio_app.uploads import BatchItem
 from tests.gradio_support import chest_tree, forwarding, thyroid_tree
 from tests.harness import CLASSES, SCHEMA, free_port, png_bytes

@@ -84,10 +84,18 @@ def test_form_values_updates_and_example_filling():
     assert named.names == NAMES
     assert named.values(thyroid, ["solid", "", "", "micro", "F", "61"]) == ["solid", "", "", "micro", "F", "61"]
     assert named.filled(thyroid, {"composition": "solid", "age": "61"}) == ["solid", "", "", "", "", "61"]
-    box, note, *inputs = named.updates(thyroid)
-    assert box.visible and note.visible and [i.label for i in inputs] == [*NAMES[:5], "age (required)"]
+    assert [i.label for i in named.inputs] == [*NAMES[:5], "age (required)"]  # set up once, for its field
+    assert named.inputs[0].choices == [(MISSING_LABEL, ""), ("cystic", "cystic"), ("mixed", "mixed"),
+                                       ("solid", "solid")]
+    # another model's form only shows or hides a field's own input: its value stays
+    assert form.entry_props(thyroid, named.slots, update=True) == [{"visible": True}] * 6
+    assert form.entry_props(thyroid[:2], named.slots, update=True) == [{"visible": True}] * 2 + [{"visible": False}] * 4
     box, note, *inputs = named.updates([])
     assert not box.visible and not any(i.visible for i in inputs)
+    required_composition = [FormField("composition", False, True, ("cystic", "mixed", "solid"))]
+    assert form.entry_props(required_composition, named.slots, update=True)[0] == {
+        "visible": True, "value": None, "label": "composition (required)",
+        "choices": [("cystic", "cystic"), ("mixed", "mixed"), ("solid", "solid")]}
 
     assert generic.names[:3] == ["field_1_choice", "field_1_number", "field_2_choice"]
     values = [None] * len(generic.names)
