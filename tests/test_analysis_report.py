@@ -81,7 +81,7 @@ def test_label_quality_says_when_the_flags_are_just_the_confident_errors():
     other = label_quality(an, M.LabelIssues(issues.thresholds, issues.joint, np.array([3, 0]), issues.suggested,
                                             issues.margin))
     assert not other["flagged_are_the_most_confident_errors"] and other["note"] == (
-        "1 of the 2 flagged images are misclassified; 1 of them are among the 2 most confident errors.")
+        "1 of the 2 flagged images are misclassified (rank 2 of the 3 errors by confidence).")
     none = label_quality(an, M.LabelIssues(issues.thresholds, issues.joint, np.zeros(0, int), issues.suggested,
                                            issues.margin))
     assert none["note"] == "No image is flagged as a likely label error." and none["flagged"] == 0

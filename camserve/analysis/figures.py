@@ -121,7 +121,8 @@ def reliability_diagram(path: Path, an: Analysis) -> Path:
            hatch="..", label=f"accuracy, bin of < {MIN_BIN_COUNT} images")
     filled = cal.counts > 0
     ax.bar(left[filled], cal.confidence[filled] - cal.accuracy[filled], bottom=cal.accuracy[filled], width=width,
-           align="edge", color="tab:red", alpha=0.3, hatch="//", label="gap to mean confidence")
+           align="edge", fill=False, edgecolor="tab:red", hatch="//", linewidth=0.8,
+           label="gap to mean confidence")  # unfilled: over or under the accuracy bar, colours never mix
     ax.plot([0, 1], [0, 1], "k--", label="perfect calibration")
     ece = "n/a" if cal.ece is None else f"{cal.ece:.3f}"
     ax.set_title(f"Reliability diagram: ECE = {ece} ({cal.n_bins} equal-width bins)")
@@ -196,21 +197,29 @@ def roc_pr(path: Path, an: Analysis) -> Path:
 
 
 def roc_one_vs_rest(path: Path, an: Analysis) -> Path:
-    """One-vs-rest ROC curve of every class, AUC in the legend (outside the axes)."""
+    """One-vs-rest ROC and precision-recall curves of every class (score: the class's probability)."""
     fig = _figure(5.5)
-    ax = fig.add_subplot()
+    roc_ax, pr_ax = fig.subplots(1, 2)
     for k, c in enumerate(an.classes):
-        roc = M.roc_curve((an.y_true == k).astype(np.int64), an.probs[:, k])
+        y = (an.y_true == k).astype(np.int64)
+        roc, pr = M.roc_curve(y, an.probs[:, k]), M.pr_curve(y, an.probs[:, k])
         if roc.area is not None:
-            ax.plot(roc.x, roc.y, label=f"{c} vs rest, AUC = {roc.area:.3f}")
-    ax.plot([0, 1], [0, 1], "k:", lw=0.8, label="chance")
-    ax.set_xlim(-0.01, 1.01)
-    ax.set_ylim(-0.01, 1.05)
-    ax.set_aspect("equal")
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
-    ax.set_title("One-vs-rest ROC per class (score: the class's probability)")
-    _legend_right(ax)
+            line = roc_ax.plot(roc.x, roc.y, label=f"{c}, AUC = {roc.area:.3f}")[0]
+            pr_ax.plot(pr.x, pr.y, drawstyle="steps-pre", color=line.get_color(),
+                       label=f"{c}, average precision = {pr.area:.3f}")
+    roc_ax.plot([0, 1], [0, 1], "k:", lw=0.8, label="chance")
+    roc_ax.set_xlabel("false positive rate")
+    roc_ax.set_ylabel("true positive rate")
+    roc_ax.set_title("One-vs-rest ROC per class")
+    roc_ax.legend(loc="lower right", fontsize="small")
+    pr_ax.set_xlabel("recall")
+    pr_ax.set_ylabel("precision")
+    pr_ax.set_title("One-vs-rest precision-recall per class")
+    pr_ax.legend(loc="lower left", fontsize="small")
+    for ax in (roc_ax, pr_ax):
+        ax.set_xlim(-0.01, 1.01)
+        ax.set_ylim(-0.01, 1.05)
+        ax.set_aspect("equal")
     return _save(fig, path)
 
 

@@ -19,13 +19,13 @@ text-align:left}th{background:#f3f3f3}td.n{text-align:right}img.fig{width:100%;h
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(620px,1fr));gap:14px}
 .card{border:1px solid #ddd;padding:8px;font-size:13px}.card .path{color:#555;word-break:break-all}
 .pics{display:grid;grid-template-columns:repeat(3,1fr);gap:6px}.pics.n1{grid-template-columns:minmax(0,200px)}
-.pics figure{margin:0}.pics figcaption{font-size:12px;color:#333}
+.pics figure{margin:0}.pics figcaption{font-size:12px;color:#333;min-height:2.6em}
 img.map{width:100%;height:auto;image-rendering:pixelated}.card ul{margin:.4em 0;padding-left:1.2em}
 .muted{color:#777}table.cm button{min-width:4em;padding:.4em;border:1px solid #999;cursor:pointer;font:inherit}
 table.cm button[aria-pressed=true]{outline:3px solid #222}.zero{color:#aaa;padding:.4em}
 .thumbs{display:flex;flex-wrap:wrap;gap:8px}.thumbs figure{margin:0;width:110px;font-size:11px;word-break:break-all}
 img.thumb{width:110px;height:auto;image-rendering:pixelated}table.prov th{white-space:nowrap;vertical-align:top}
-table.prov td{word-break:break-all}.legend-roi{color:#888}.legend-lesion{color:#c0c}"""
+table.prov td{overflow-wrap:anywhere}.legend-roi{color:#888}.legend-lesion{color:#c0c}"""
 
 
 def _overview(s: Mapping[str, Any]) -> str:
@@ -92,7 +92,13 @@ def _localisation(loc: Mapping[str, Any]) -> str:
             "</h3>" + table(["group", "lesion images", "hits", "rate"], rows)
             + "<h3>Share of the map inside the lesion</h3>"
             + table(["group", "n", "mean", "median", "q25", "q75"], _groups(loc["lesion_focus"]))
-            + f'<p class="muted">lesion masks: {esc(loc["masks"])}</p>')
+            + f'<p class="muted">lesion masks: {esc(_mask_counts(loc["masks"]))}</p>')
+
+
+def _mask_counts(counts: Mapping[str, int]) -> str:
+    words = {"ok": "with a lesion", "empty": "empty (no lesion: not scored)", "missing": "missing",
+             "unreadable": "unreadable"}
+    return "; ".join(f"{n} {words.get(k, k)}" for k, n in counts.items())
 
 
 def _faithfulness(f: Mapping[str, Any]) -> str:
@@ -152,7 +158,8 @@ def render(summary: Mapping[str, Any], confusion: Mapping[str, Any], figures: Ma
               table(["path", "given", "suggested", "p(given)", "p(suggested)", "margin"],
                     [(r["path"], r["given"], r["suggested"], r["p_given"], r["p_suggested"], r["margin"])
                      for r in issues["top"]])]
-    parts += [f"<h2>Failed images ({len(failures)})</h2>", table(["path", "stage", "reason"], failures)]
+    parts += [f"<h2>Failed images ({len(failures)})</h2>",
+              table(["path", "stage", "reason"], failures) if failures else '<p class="muted">None.</p>']
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Error analysis: '
             f"{esc(summary['model'].get('name'))}</title><meta name=\"viewport\" content=\"width=device-width\">"
             f"<style>{CSS}</style></head><body>{''.join(parts)}<script>{BROWSE_JS}</script></body></html>\n")

@@ -36,12 +36,13 @@ def one_vs_rest(an: Analysis) -> dict[str, Any] | None:
 
 
 def label_quality(an: Analysis, issues: M.LabelIssues) -> dict[str, Any]:
-    """What the confident-learning flags amount to, said plainly."""
+    """What the confident-learning flags amount to, said plainly: are they simply the most confident
+    errors (then they add nothing to sorting the errors by confidence)?"""
     flagged = [int(i) for i in issues.ranked]
-    wrong = set(an.errors_by_confidence())
-    top = set(an.errors_by_confidence()[:len(flagged)])
-    misclassified = sum(i in wrong for i in flagged)
-    same = bool(flagged) and set(flagged) == top
+    errors = an.errors_by_confidence()
+    rank = {i: r + 1 for r, i in enumerate(errors)}
+    misclassified = sum(i in rank for i in flagged)
+    same = bool(flagged) and set(flagged) == set(errors[:len(flagged)])
     plain = ("from one model's probabilities, the flags add nothing to sorting the errors by confidence. "
              "Look at them before relabelling anything.")
     if not flagged:
@@ -52,8 +53,11 @@ def label_quality(an: Analysis, issues: M.LabelIssues) -> dict[str, Any]:
         note = (f"All {len(flagged)} flagged images are misclassified, and they are exactly the {len(flagged)} most "
                 f"confident errors: {plain}")
     else:
-        note = (f"{misclassified} of the {len(flagged)} flagged images are misclassified; "
-                f"{len(set(flagged) & top)} of them are among the {len(flagged)} most confident errors.")
+        ranks = sorted(rank[i] for i in flagged if i in rank)
+        shown = ", ".join(map(str, ranks[:10])) + (", ..." if len(ranks) > 10 else "")
+        note = (f"{misclassified} of the {len(flagged)} flagged images are misclassified"
+                + (f" ({'rank' if len(ranks) == 1 else 'ranks'} {shown} of the {len(errors)} errors by confidence)"
+                   if ranks else "") + ".")
     return {"score": "self-confidence p(given label) per image (predictions.csv, column label_quality); "
                      "low = likely mislabelled",
             "flagged": len(flagged), "flagged_misclassified": misclassified,
