@@ -14,6 +14,7 @@ max-pool routes the float32 gradient to another pixel.
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import numpy as np
@@ -383,3 +384,18 @@ def test_no_parameter_grad_and_the_graph_starts_at_the_first_layer() -> None:
     cam_ops.explain_batch(model, [model.layer2, model.layer4], torch.randn(1, 3, SIZE, SIZE), [[0]],
                           method="layercam-fusion")
     assert recorded == [False]
+
+
+def test_bench_script_runs_every_variant(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from scripts import bench_cam
+
+    out = tmp_path / "bench.json"
+    assert bench_cam.main(["--archs", "resnet18", "--batch-sizes", "2", "--size", "32", "--rounds", "1",
+                           "--threads", "1", "--json", str(out)]) == 0
+    row = json.loads(out.read_text())["rows"][0]
+    assert set(bench_cam.COLUMNS) <= set(row) and all(row[c] > 0 for c in bench_cam.COLUMNS)
+    assert "slowest single-layer method" in capsys.readouterr().out
+    for bad in (["--archs", "resnet9000"], ["--batch-sizes", "0"], ["--rounds", "0"]):
+        with pytest.raises(SystemExit) as exit_info:
+            bench_cam.main(bad)
+        assert exit_info.value.code == 2
