@@ -68,9 +68,9 @@ def _facts(an: Analysis, i: int, maps: Sequence[Explanation], masks: K.Masks) ->
         local = focus(maps[1].cam, masks.roi)
         facts.append((f"focus in the mask, {true} map", "n/a" if local is None else f"{local:.3f}"))
     if np.isfinite(an.hit[i]):
-        facts.append(("pointing game (lesion)", "hit" if an.hit[i] else "miss"))
+        facts.append((f"pointing game on the lesion, {pred} map", "hit" if an.hit[i] else "miss"))
     if np.isfinite(an.lesion_focus[i]):
-        facts.append(("focus in the lesion", f"{an.lesion_focus[i]:.3f}"))
+        facts.append((f"focus in the lesion, {pred} map", f"{an.lesion_focus[i]:.3f}"))
     for name, exp in zip((pred, true), maps, strict=False):
         facts.append((f"raw map maximum (cam_max), {name}", f"{exp.cam_max:.4g}"))
     if np.isfinite(an.faithfulness[i]).any():
