@@ -11,7 +11,7 @@ APP_PORT    ?= 7860
 PYTEST_ARGS ?=
 export GRADIO_ANALYTICS_ENABLED := False
 
-.PHONY: help install java browser model archive serve stop app demo test test-fast lint bench analyze analyze-thyroid evaluate-cam clean
+.PHONY: help install java browser model archive serve stop app demo test test-fast lint bench bench-gpu analyze analyze-thyroid evaluate-cam clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "} \
@@ -98,6 +98,9 @@ bench: install ## Cost of explaining, side by side: CAM passes, whole requests i
 	$(PY) scripts/bench_cam.py
 	$(PY) scripts/bench.py
 	$(PY) scripts/bench_served.py
+
+bench-gpu: install ## On a GPU machine: served resnet50 at 224 px, camserve vs a minimal handler, concurrency 64
+	$(PY) scripts/bench_served.py --models resnet50 --concurrency 1,64 --batch-size 32 --requests 256
 
 analyze: install ## Error analysis of the phantom test split through the served chest_phantom (after make serve)
 	$(PY) scripts/analyze_errors.py --url $(SERVER_URL) --token-file key_file.json --visualize --gradcam --top-k 20 $(ARGS)
