@@ -14,10 +14,13 @@ its own generator seeded by (seed, class index, sample index).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import math
 import sys
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,8 +33,9 @@ if str(REPO) not in sys.path:  # allow `python scripts/demo/chest_phantoms.py` w
     sys.path.insert(0, str(REPO))
 
 from camserve import cli  # noqa: E402
+from scripts.demo.raster import box_blur, soft  # noqa: E402
 
-GENERATOR_VERSION = "1.0.0"
+GENERATOR_VERSION = "2.0.0"
 CLASSES = ("COVID", "Normal", "Viral_Pneumonia")
 SPLITS = ("train", "val", "test")
 BACKGROUND = 0.04  # air outside the body, in canonical [0, 1] intensity
@@ -54,31 +58,17 @@ class LesionSpec:
     count: tuple[int, int]
     radius: tuple[float, float]
     amplitude: tuple[float, float]
-    power: float  # profile exponent: 2 is a soft Gaussian, 4 a flat-topped compact blob
+    power: float  # profile exponent: 2 is a soft Gaussian (ground glass), 4 a flat-topped consolidation
     both_lungs: float  # probability that the blobs are spread over both lungs (needs count >= 2)
-    peripheral: bool
+    peripheral: bool  # centres in the outer half of the lung, more often in the lower zones
 
 
 LESIONS: dict[tuple[str, bool], LesionSpec] = {
-    ("COVID", False): LesionSpec((3, 6), (0.07, 0.10), (0.12, 0.20), 2.0, 1.0, True),
-    ("COVID", True): LesionSpec((1, 2), (0.045, 0.065), (0.05, 0.08), 2.0, 0.5, True),
-    ("Viral_Pneumonia", False): LesionSpec((1, 2), (0.09, 0.14), (0.30, 0.42), 4.0, 0.2, False),
-    ("Viral_Pneumonia", True): LesionSpec((1, 1), (0.06, 0.085), (0.08, 0.12), 4.0, 0.0, False),
+    ("COVID", False): LesionSpec((3, 6), (0.055, 0.08), (0.10, 0.17), 2.0, 1.0, True),
+    ("COVID", True): LesionSpec((1, 2), (0.04, 0.055), (0.05, 0.08), 2.0, 0.5, True),
+    ("Viral_Pneumonia", False): LesionSpec((1, 2), (0.07, 0.11), (0.22, 0.34), 4.0, 0.2, False),
+    ("Viral_Pneumonia", True): LesionSpec((1, 1), (0.05, 0.07), (0.07, 0.11), 4.0, 0.0, False),
 }
-
-
-def box_blur(a: np.ndarray, radius: int) -> np.ndarray:
-    """Mean over a (2r+1)^2 box with edge padding, via cumulative sums (separable, no Python pixel loop)."""
-    if radius < 1:
-        return a.astype(np.float64)
-    out = a.astype(np.float64)
-    k = 2 * radius + 1
-    for axis in (0, 1):
-        pad = [(0, 0), (0, 0)]
-        pad[axis] = (radius + 1, radius)
-        c = np.cumsum(np.pad(out, pad, mode="edge"), axis=axis)
-        out = (np.take(c, range(k, c.shape[axis]), axis=axis) - np.take(c, range(c.shape[axis] - k), axis=axis)) / k
-    return out
 
 
 def _ellipse(u: np.ndarray, v: np.ndarray, cx: float, cy: float, ax: float, ay: float) -> np.ndarray:
@@ -86,80 +76,142 @@ def _ellipse(u: np.ndarray, v: np.ndarray, cx: float, cy: float, ax: float, ay: 
     return np.sqrt(((u - cx) / ax) ** 2 + ((v - cy) / ay) ** 2)
 
 
-def _soft(r: np.ndarray, edge: float) -> np.ndarray:
-    """Soft inside-indicator of ``r < 1`` with an edge of width ~``edge``."""
-    return 1.0 / (1.0 + np.exp(np.clip((r - 1.0) / edge, -50, 50)))
+@dataclass(frozen=True)
+class Anatomy:
+    """One patient before acquisition: ``image`` in canonical [0, 1] density and the soft lung field."""
+
+    image: np.ndarray
+    soft_lungs: np.ndarray
+
+    @property
+    def lungs(self) -> np.ndarray:
+        return self.soft_lungs > 0.5
 
 
-def _lung_fields(rng: np.random.Generator, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Soft union of two kidney-ish lung fields: narrow apex, domed diaphragm, costophrenic angles."""
-    lungs = np.zeros_like(u)
-    for side in (-1.0, 1.0):
-        cx, cy = side * (0.38 + rng.uniform(-0.03, 0.03)), rng.uniform(-0.08, 0.0)
-        ax, ay = rng.uniform(0.26, 0.31), rng.uniform(0.56, 0.63)
-        taper = 0.78 + 0.22 * np.clip((v - cy) / ay, -1.0, 1.0)  # the apex is narrower than the base
-        shape = _soft(_ellipse(u, v, cx, cy, ax * taper, ay), 0.04)
-        dome = cy + 0.8 * ay - 0.16 * (1.0 - np.clip(((u - cx) / ax) ** 2, 0.0, 1.0))
-        lungs = np.maximum(lungs, shape * _soft(v - dome + 1.0, 0.015))
-    return lungs
+def _lung(rng: np.random.Generator, u: np.ndarray, v: np.ndarray, side: float, width: float, height: float
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """One lung field (a narrow apex, a deep lateral costophrenic angle) and what lies under its
+    diaphragm dome (the patient's right dome, on the image's left, sits higher)."""
+    x = side * u  # lateral distance from the midline
+    cx, cy = 0.47 * width + rng.uniform(-0.02, 0.02), rng.uniform(-0.04, 0.0)
+    ax, ay = rng.uniform(0.39, 0.43) * width, rng.uniform(0.76, 0.82) * height
+    depth = np.clip((v - cy) / ay, -1.0, 1.0)
+    taper = 0.78 + 0.22 * (depth + 1.0) / 2.0  # the apex is narrower than the base
+    shape = soft(_ellipse(x, v, cx, cy, ax * taper, ay), 0.03)
+    dome = cy + 0.8 * ay - 0.17 * np.clip(1.0 - ((x - cx) / ax) ** 2, 0.0, 1.0) - (0.04 if side < 0 else 0.0)
+    below = 1.0 - soft(v - dome + 1.0, 0.012)
+    return shape * (1.0 - below), below * (x > 0)
+
+
+def _vessels(rng: np.random.Generator, u: np.ndarray, v: np.ndarray, side: float) -> np.ndarray:
+    """Lung markings: tapering lines that fan out from the hilum and fade towards the periphery."""
+    hx, hy = side * rng.uniform(0.17, 0.21), rng.uniform(-0.06, 0.04)
+    out = np.zeros_like(u)
+    size, margin = u.shape[0], 0.05  # each line is drawn in its own bounding box (its tails are < 1e-5)
+    for angle in rng.uniform(-1.9, 1.9, size=16):  # around the lateral direction
+        dx, dy = side * math.cos(angle), math.sin(angle)
+        length = rng.uniform(0.35, 0.75)
+        ends_u, ends_v = (hx, hx + dx * length), (hy, hy + dy * length)
+        cols = _pixels(min(ends_u) - margin, max(ends_u) + margin, size)
+        rows = _pixels(min(ends_v) - margin, max(ends_v) + margin, size)
+        bu, bv = u[rows, cols], v[rows, cols]
+        t = (bu - hx) * dx + (bv - hy) * dy  # along the vessel
+        d = np.abs(-(bu - hx) * dy + (bv - hy) * dx)  # across it
+        width = 0.012 * (1.2 - np.clip(t / length, 0.0, 1.0))
+        out[rows, cols] += np.exp(-((d / width) ** 2)) * (t > 0) * np.clip(1.0 - t / length, 0.0, 1.0)
+    return out
+
+
+def _pixels(lo: float, hi: float, size: int) -> slice:
+    """The pixel indices whose centres fall in ``[lo, hi]`` of the ``[-1, 1]`` frame."""
+    return slice(max(0, math.floor((lo + 1.0) / 2.0 * size)), min(size, math.ceil((hi + 1.0) / 2.0 * size) + 1))
 
 
 def _ribs(rng: np.random.Generator, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Ten pairs of posterior ribs: arcs leaving the spine, rising a little, then sweeping down laterally."""
-    spacing, a = 0.14, np.abs(u) - 0.08
-    w = v + 0.2 * a - 0.9 * a**2 + 0.8 - rng.uniform(-0.04, 0.04)  # height above the top rib's centre line
-    offset = w - spacing * np.clip(np.round(w / spacing), 0, 9)  # to the nearest rib's centre line
-    return np.exp(-((offset / 0.028) ** 2)) * (a > 0)
+    """Posterior ribs (arcs leaving the spine, sweeping down laterally) and fainter anterior ribs (running
+    down towards the midline), each a band with a brighter cortex."""
+    a = np.abs(u) - 0.06
+    spacing = rng.uniform(0.125, 0.14)
+    posterior = v + 0.2 * a - 0.9 * a**2 + 0.84 + rng.uniform(-0.03, 0.03)
+    anterior = v + 0.45 * a + 0.55 + rng.uniform(-0.03, 0.03)
+    bands = np.zeros_like(u)
+    for w, weight, top in ((posterior, 1.0, 10), (anterior, 0.4, 6)):
+        offset = w - spacing * np.clip(np.round(w / spacing), 0, top)
+        cortex = np.exp(-(((np.abs(offset) - 0.024) / 0.006) ** 2))
+        bands += weight * (np.exp(-((offset / 0.024) ** 2)) + 0.6 * cortex)
+    return bands * (a > 0)
 
 
-def _anatomy(rng: np.random.Generator, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Render body, lungs, heart, mediastinum, spine, ribs and clavicles; return (image, soft lung field)."""
-    body = _soft(_ellipse(u, v, 0.0, 0.2, rng.uniform(0.82, 0.9), 1.12), 0.03)
-    heart = _soft(_ellipse(u, v, rng.uniform(0.1, 0.15), rng.uniform(0.27, 0.33), rng.uniform(0.3, 0.35), 0.24), 0.05)
-    mediastinum = _soft(np.abs(u) / rng.uniform(0.11, 0.14), 0.08) * _soft(np.maximum(-v - 0.05, 0.0), 0.05)
-    dense = np.maximum(heart, mediastinum)
-    lungs = _lung_fields(rng, u, v) * (1.0 - dense)
-    spine = _soft(np.abs(u) / 0.075, 0.1) * (0.75 + 0.25 * np.cos(2 * np.pi * v / 0.12))
-    clavicles = np.exp(-(((v + 0.72 - 0.18 * np.abs(u)) / 0.035) ** 2)) * (np.abs(u) < 0.6)
-    hila = np.exp(-((np.abs(u) - 0.18) ** 2 + v**2) / 0.05)  # vessels crowd near the lung roots
-    vessels = 1.5 * box_blur(rng.normal(size=u.shape), max(1, u.shape[0] // 64)) + 0.5 * hila
+def _anatomy(rng: np.random.Generator, u: np.ndarray, v: np.ndarray) -> Anatomy:
+    """Body, lungs, heart, mediastinum, spine, ribs, clavicles, diaphragm, stomach gas and soft tissue."""
+    width, height = rng.uniform(0.93, 1.03), rng.uniform(0.92, 1.05)  # habitus, depth of inspiration
+    shoulders = soft(_ellipse(np.abs(u), v, 0.62 * width, -1.05, 0.42, 0.32), 0.06)
+    neck = soft(np.abs(u) / 0.3, 0.05) * (v < -0.6)
+    body = np.maximum.reduce([soft(_ellipse(u, v, 0.0, 0.12, 0.97 * width, 1.28), 0.03), shoulders, neck])
+    (right, under_right), (left, under_left) = (_lung(rng, u, v, side, width, height) for side in (-1.0, 1.0))
+    lungs, abdomen = np.maximum(right, left), np.maximum(under_right, under_left)
+    heart = soft(_ellipse(u, v, rng.uniform(0.12, 0.17), rng.uniform(0.33, 0.38) * height,
+                          rng.uniform(0.37, 0.42) * width, rng.uniform(0.27, 0.31)), 0.04)
+    mediastinum = soft(np.abs(u - 0.02) / (rng.uniform(0.08, 0.1) + 0.04 * np.clip(v + 0.3, 0.0, 1.0)), 0.06)
+    knob = soft(_ellipse(u, v, 0.13, -0.3 * height, 0.07, 0.06), 0.05)  # the aortic arch
+    dense = np.maximum.reduce([heart, mediastinum, knob])
+    lungs = lungs * (1.0 - dense)
     thorax = box_blur(lungs, max(1, u.shape[0] // 24))  # ribs show against air, faintly elsewhere
-    trachea = _soft(np.abs(u) / 0.035, 0.2) * _soft((v + 1.0) / 0.75, 0.03)  # air column down to the carina
-    img = BACKGROUND + 0.5 * body - 0.34 * lungs + 0.22 * dense - 0.1 * trachea
-    img += body * (0.07 * spine + _ribs(rng, u, v) * (0.03 + 0.08 * thorax) + 0.1 * clavicles)
-    img += 0.06 * lungs * vessels
-    return img, lungs
+    spine = soft(np.abs(u) / 0.07, 0.1) * (0.75 + 0.25 * np.cos(2 * np.pi * v / 0.11)) * (1.0 - 0.6 * abdomen)
+    clavicles = np.exp(-(((v + 0.72 + 0.2 * np.abs(u) - 0.05 * u**2) / 0.032) ** 2)) * (np.abs(u) < 0.72)
+    trachea = soft(np.abs(u) / 0.035, 0.2) * soft((v + 1.0) / 0.68, 0.03)  # air column down to the carina
+    markings = _vessels(rng, u, v, -1.0) + _vessels(rng, u, v, 1.0)
+    texture = box_blur(rng.normal(size=u.shape), max(1, u.shape[0] // 64))
+    gas = soft(_ellipse(u, v, 0.36 * width, 0.72 * height + 0.1, 0.08, 0.05), 0.1) * (rng.random() < 0.6)
+    breasts = rng.uniform(0.0, 0.06) * np.exp(-(((v - 0.5 * height) / 0.2) ** 2)) * soft(
+        np.abs(np.abs(u) - 0.55) / 0.3, 0.2)
+    img = BACKGROUND + 0.5 * body - 0.36 * lungs + 0.16 * np.maximum(dense, abdomen) - 0.1 * trachea - 0.12 * gas
+    img += body * (breasts + 0.035 * spine + _ribs(rng, u, v) * (0.015 + 0.04 * thorax) + 0.1 * clavicles)
+    img += lungs * (0.035 * np.clip(markings, 0.0, 1.5) + 0.012 * texture)
+    return Anatomy(img, lungs)
 
 
-def _pick_centre(rng: np.random.Generator, allowed: np.ndarray, fallback: np.ndarray) -> tuple[int, int]:
-    """A uniformly drawn pixel of ``allowed`` (or of ``fallback`` when ``allowed`` is empty)."""
-    ys, xs = np.nonzero(allowed if allowed.any() else fallback)
-    i = rng.integers(len(ys))
+def _pick_centre(rng: np.random.Generator, allowed: np.ndarray, weight: np.ndarray) -> tuple[int, int]:
+    """A pixel of ``allowed`` drawn with probability proportional to ``weight``."""
+    ys, xs = np.nonzero(allowed)
+    p = weight[ys, xs] / weight[ys, xs].sum()
+    i = rng.choice(len(ys), p=p)
     return int(ys[i]), int(xs[i])
 
 
-def _lesions(
-    rng: np.random.Generator, spec: LesionSpec, lungs: np.ndarray, u: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Draw blobs inside the lung mask; return (added intensity, mask of each blob's half-maximum disc)."""
-    size = lungs.shape[0]
+def _lesions(rng: np.random.Generator, spec: LesionSpec, soft_lungs: np.ndarray, u: np.ndarray, v: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Blobs inside the lungs; returns (added density, mask of each blob's half-maximum disc in the lungs).
+
+    The density is multiplied by the lung field eroded by a few pixels, so that no blur of the
+    acquisition carries any of it outside the lung mask: nothing about the class is visible there.
+    """
+    size = soft_lungs.shape[0]
+    lungs = soft_lungs > 0.5
     yy, xx = np.mgrid[0:size, 0:size]
     n = int(rng.integers(spec.count[0], spec.count[1] + 1))
     spread = n >= 2 and rng.random() < spec.both_lungs
     first = int(rng.integers(2))
     sides = [first, 1 - first, *rng.integers(2, size=n - 2).tolist()] if spread else [first] * n
-    inner = lungs & (box_blur(lungs, max(1, round(spec.radius[0] * size / 2))) > 0.85)  # room for the blob
+    inner = box_blur(lungs.astype(float), max(1, round(spec.radius[0] * size / 2))) > 0.9  # room for the blob
+    weight = 1.0 + (1.5 * np.clip((v + 0.6) / 1.2, 0.0, 1.0) if spec.peripheral else 0.0 * v)  # basal zones
     field, mask = np.zeros(lungs.shape), np.zeros(lungs.shape, bool)
     for side in sides:
         half = lungs & ((u < 0) if side == 0 else (u > 0))
-        allowed = half & inner & (np.abs(u) > np.abs(u[half]).mean() if spec.peripheral and half.any() else True)
-        cy, cx = _pick_centre(rng, allowed, half if half.any() else lungs)
+        allowed = half & inner
+        if spec.peripheral and allowed.any():
+            allowed &= np.abs(u) >= np.median(np.abs(u[allowed]))
+        if not allowed.any():
+            allowed = half if half.any() else lungs
+        cy, cx = _pick_centre(rng, allowed, weight)
         r2 = ((yy - cy) ** 2 + (xx - cx) ** 2) / (rng.uniform(*spec.radius) * size) ** 2
         field += rng.uniform(*spec.amplitude) * np.exp(-math.log(2) * r2 ** (spec.power / 2))
         mask |= r2 <= 1.0
     if spec.power <= 2.0:  # ground glass is mottled, not uniform
         field *= np.clip(1.0 + box_blur(rng.normal(size=lungs.shape), max(1, size // 64)), 0.3, 1.7)
-    return field * lungs, mask & lungs
+    r = max(1, round(size / 64))  # fade out over a rim inside the mask: no blur carries anything past it
+    fade = np.clip(2.0 * box_blur(lungs.astype(float), r) - 1.0, 0.0, 1.0) * np.clip(box_blur(lungs, 2 * r), 0, 1)
+    return field * fade**2, mask & lungs
 
 
 def _affine(a: np.ndarray, matrix: tuple[float, ...], fill: float) -> np.ndarray:
@@ -170,8 +222,8 @@ def _affine(a: np.ndarray, matrix: tuple[float, ...], fill: float) -> np.ndarray
 
 def _pose(rng: np.random.Generator, size: int) -> tuple[float, ...]:
     """Random shift, scale and small rotation about the centre, as PIL's output-to-input affine matrix."""
-    angle, scale = math.radians(rng.uniform(-6.0, 6.0)), rng.uniform(0.9, 1.1)
-    tx, ty = rng.uniform(-0.06, 0.06, size=2) * size
+    angle, scale = math.radians(rng.uniform(-5.0, 5.0)), rng.uniform(0.92, 1.08)
+    tx, ty = rng.uniform(-0.05, 0.05, size=2) * size
     c, cos, sin = size / 2.0, math.cos(angle) / scale, math.sin(angle) / scale
     return (cos, sin, c - cos * (c + tx) - sin * (c + ty), -sin, cos, c + sin * (c + tx) - cos * (c + ty))
 
@@ -198,7 +250,7 @@ def draw_phantom(rng: np.random.Generator, label: str, size: int = 128, hard: bo
         rng: Source of randomness; fully determines the sample.
         label: One of :data:`CLASSES`.
         size: Side of the square image in pixels.
-        hard: Faint, small lesions (COVID, Viral_Pneumonia) or a faint lesion-like haze (Normal), with
+        hard: Faint, small lesions (COVID, Viral_Pneumonia) or a faint lesion-like density (Normal), with
             lower contrast and more noise.
 
     Returns:
@@ -208,14 +260,15 @@ def draw_phantom(rng: np.random.Generator, label: str, size: int = 128, hard: bo
         raise ValueError(f"label must be one of {CLASSES}, got {label!r}")
     anatomy_rng, lesion_rng, acquisition_rng = rng.spawn(3)
     v, u = (np.mgrid[0:size, 0:size] + 0.5) / size * 2.0 - 1.0
-    img, soft_lungs = _anatomy(anatomy_rng, u, v)
-    lungs = soft_lungs > 0.5
+    anatomy = _anatomy(anatomy_rng, u, v)
+    img, lungs = anatomy.image, anatomy.lungs
     lesions = np.zeros_like(lungs)
     if (label, hard) in LESIONS:
-        field, lesions = _lesions(lesion_rng, LESIONS[(label, hard)], lungs, u)
+        field, lesions = _lesions(lesion_rng, LESIONS[(label, hard)], anatomy.soft_lungs, u, v)
         img = img + field
-    elif hard:  # Normal: overlying soft tissue at the bases, a distractor that is not a lesion
-        img = img + lesion_rng.uniform(0.03, 0.05) * soft_lungs * np.exp(-((v - 0.45) ** 2) / 0.04)
+    elif hard:  # Normal: a faint density where vessels cross, not a lesion (no mask)
+        field, _ = _lesions(lesion_rng, LESIONS[("COVID", True)], anatomy.soft_lungs, u, v)
+        img = img + 0.6 * field
     pose = _pose(acquisition_rng, size)
     img = _affine(img, pose, BACKGROUND).astype(np.float64)
     # Bilinear resampling is monotone, so lesions <= lungs survives the transform exactly.
@@ -305,7 +358,7 @@ def write_metadata(out: Path, args: argparse.Namespace, samples: list[Sample]) -
         "synthetic": True,
         "generator": "scripts/demo/chest_phantoms.py",
         "version": GENERATOR_VERSION,
-        "args": {k: v for k, v in vars(args).items() if k != "output_dir"},
+        "args": {k: v for k, v in vars(args).items() if k not in ("output_dir", "workers")},
         "classes": list(CLASSES),
         "counts": counts,
         "hard_counts": hard,
@@ -328,13 +381,13 @@ def write_metadata(out: Path, args: argparse.Namespace, samples: list[Sample]) -
 
 
 def split_fractions(text: str) -> tuple[float, float, float]:
-    """An argparse type for ``train,val,test`` shares: non-negative, train > 0, summing to 1."""
+    """An argparse type for ``train,val,test`` shares: non-negative, summing to 1 (``0,0,1``: a test set)."""
     try:
         parts = tuple(float(p) for p in text.split(","))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"expected three comma-separated numbers, got {text!r}") from exc
-    if len(parts) != 3 or min(parts) < 0 or parts[0] == 0 or abs(sum(parts) - 1.0) > 1e-6:
-        raise argparse.ArgumentTypeError(f"expected train,val,test >= 0 with train > 0 summing to 1, got {text!r}")
+    if len(parts) != 3 or min(parts) < 0 or abs(sum(parts) - 1.0) > 1e-6:
+        raise argparse.ArgumentTypeError(f"expected train,val,test >= 0 summing to 1, got {text!r}")
     return parts  # type: ignore[return-value]
 
 
@@ -353,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--split-fractions", type=split_fractions, default="0.7,0.15,0.15", metavar="TR,VA,TE", help="split shares")
     add("--hard-fraction", type=cli.unit_float, default=0.15, metavar="F",
         help="share of hard cases per split and class")
+    add("--workers", type=cli.positive_int, default=1, metavar="N", help="processes drawing in parallel")
     return parser
 
 
@@ -361,8 +415,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     samples = plan_samples(args.n_per_class, args.seed, args.split_fractions, args.hard_fraction)
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    for sample in tqdm(samples, desc="phantoms", unit="img", disable=None):
-        write_sample(args.output_dir, sample, args.seed, args.size)
+    draw = functools.partial(write_sample, args.output_dir, seed=args.seed, size=args.size)
+    with contextlib.ExitStack() as stack:  # every sample has its own seed: any number of workers, same bytes
+        pool = stack.enter_context(ProcessPoolExecutor(args.workers)) if args.workers > 1 else None
+        done = pool.map(draw, samples, chunksize=16) if pool else map(draw, samples)
+        for _ in tqdm(done, total=len(samples), desc="phantoms", unit="img", disable=None):
+            pass
     counts = write_metadata(args.output_dir, args, samples)
     hard = sum(s.hard for s in samples)
     print(json.dumps({"out": str(args.output_dir), "synthetic": True, "counts": counts, "hard": hard}))

@@ -44,6 +44,7 @@ if str(REPO) not in sys.path:  # allow `python scripts/demo/thyroid_phantoms.py`
     sys.path.insert(0, str(REPO))
 
 from camserve import cli  # noqa: E402
+from scripts.demo.raster import box_blur, soft  # noqa: E402
 
 GENERATOR_VERSION = "1.0.0"
 CLASSES = ("benign", "malignant")
@@ -114,22 +115,6 @@ def sample_case(rng: np.random.Generator, split: str, index: int, missing: float
                 label=CLASSES[int(score >= THRESHOLD)], reported=reported)
 
 
-def blur(a: np.ndarray, radius: int) -> np.ndarray:
-    """Separable box blur with edge padding."""
-    for axis in (0, 1):
-        pad = [(0, 0), (0, 0)]
-        pad[axis] = (radius, radius)
-        p = np.pad(a, pad, mode="edge")
-        n = a.shape[axis]
-        a = sum(np.take(p, range(k, k + n), axis=axis) for k in range(2 * radius + 1)) / (2 * radius + 1)
-    return a
-
-
-def _soft(x: np.ndarray, edge: float) -> np.ndarray:
-    """Soft indicator of ``x < 1`` with an edge of width ~``edge``."""
-    return 1.0 / (1.0 + np.exp(np.clip((x - 1.0) / edge, -50, 50)))
-
-
 def _spots(yy: np.ndarray, xx: np.ndarray, centres: list[tuple[float, float]], sigma: float) -> np.ndarray:
     out = np.zeros(yy.shape)
     for cy, cx in centres:
@@ -151,7 +136,7 @@ def render(case: Case, size: int, rng: np.random.Generator) -> np.ndarray:
     depth = (v + 1) / 2
     # Background: skin line, striated strap muscles, the thyroid lobe, deeper soft tissue.
     lx, ly = rng.uniform(-0.1, 0.1), rng.uniform(0.2, 0.3)
-    lobe = _soft(np.sqrt(((u - lx) / 0.92) ** 2 + ((v - ly) / 0.6) ** 2), 0.04)
+    lobe = soft(np.sqrt(((u - lx) / 0.92) ** 2 + ((v - ly) / 0.6) ** 2), 0.04)
     muscle = 0.26 + 0.05 * np.sin(2 * np.pi * v / rng.uniform(0.12, 0.18) + rng.uniform(0, 6.3))
     echo = np.where(depth < 0.04, 0.6, muscle) * (1 - lobe) + 0.5 * lobe
     # The nodule, in polar coordinates around its centre; its outline radius depends on the margins.
@@ -165,12 +150,12 @@ def render(case: Case, size: int, rng: np.random.Generator) -> np.ndarray:
             outline += rng.uniform(0.1, 0.18) * np.cos(k * theta + rng.uniform(0, 6.3))
         outline += 0.12 * np.maximum(np.cos(rng.integers(11, 16) * theta + rng.uniform(0, 6.3)), 0) ** 3
     rel = r / outline
-    nodule = _soft(rel, 0.16 if case.margins == "ill-defined" else 0.03)
+    nodule = soft(rel, 0.16 if case.margins == "ill-defined" else 0.03)
     level = {"anechoic": 0.03, "hypoechoic": 0.18, "isoechoic": 0.38, "hyperechoic": 0.68}[case.echogenicity]
     echo = echo * (1 - nodule) + level * nodule
     if case.margins == "smooth":  # thin hypoechoic halo
         echo *= 1 - 0.6 * np.exp(-(((rel - 1.05) / 0.06) ** 2))
-    below = _soft(np.abs(u - nx) / rx, 0.08) * (v > ny) * (1 - nodule)
+    below = soft(np.abs(u - nx) / rx, 0.08) * (v > ny) * (1 - nodule)
     if case.echogenicity == "anechoic":  # posterior acoustic enhancement
         echo *= 1 + 0.45 * below * np.exp(-(v - ny) / 0.5)
     # Calcifications: bright foci inside the nodule; large ones cast an acoustic shadow.
@@ -182,11 +167,11 @@ def render(case: Case, size: int, rng: np.random.Generator) -> np.ndarray:
         centres = _inside_points(rng, core, int(rng.integers(1, 3)))
         foci = _spots(yy, xx, centres, 1.6 * px)
         for cy, cx in centres:
-            shadow = _soft(np.abs(xx - cx) / (2.2 * px), 0.2) * (yy > cy + 2 * px)
+            shadow = soft(np.abs(xx - cx) / (2.2 * px), 0.2) * (yy > cy + 2 * px)
             echo *= 1 - 0.7 * shadow
     echo *= 1 - 0.35 * depth  # attenuation with depth
     # Multiplicative, spatially correlated speckle (Rayleigh-like), then the bright foci on top.
-    re, im = (blur(rng.normal(size=(size, size)), max(1, round(px))) for _ in range(2))
+    re, im = (box_blur(rng.normal(size=(size, size)), max(1, round(px))) for _ in range(2))
     speckle = np.hypot(re, im)
     speckle = 0.55 + 0.45 * speckle / speckle.mean()  # milder than pure Rayleigh: foci stay visible
     img = rng.uniform(0.9, 1.1) * echo * speckle + foci
