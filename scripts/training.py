@@ -149,3 +149,67 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, *, n_train: int, bat
             result.state = copy.deepcopy(model.state_dict())
     bar.close()
     return result
+
+
+# ---- region-of-interest guidance -------------------------------------------------------------------------
+
+def load_masks(images: Sequence[Path], data_dir: Path, masks_dir: Path, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The region-of-interest mask of each image, from a folder that mirrors the data folder.
+
+    The mask of ``DATA/split/CLASS/name.ext`` is ``MASKS/split/CLASS/name.ext`` or, failing that,
+    ``MASKS/split/CLASS/name.png``; white (above half range) is inside. Masks are resized to the input
+    side like the images.
+
+    Returns:
+        ``[N, 1, size, size]`` masks in {0, 1} (all ones where an image has none) and ``[N]`` flags of
+        which images have one.
+    """
+    masks, found = [], []
+    for path in images:
+        rel = path.relative_to(data_dir)
+        candidates = [masks_dir / rel, (masks_dir / rel).with_suffix(".png")]
+        mask = next((c for c in candidates if c.is_file()), None)
+        found.append(mask is not None)
+        if mask is None:
+            masks.append(torch.ones(1, size, size))
+            continue
+        resized = preprocess(decode_image(mask.read_bytes(), str(mask)), size, *IDENTITY)[:1]
+        masks.append((resized > 0.5).float())
+    return torch.stack(masks), torch.tensor(found)
+
+
+@dataclass
+class Captured:
+    """The output of one layer in the last forward (a forward hook keeps it, graph and all)."""
+
+    output: torch.Tensor | None = None
+
+
+def capture(layer: nn.Module) -> tuple[Captured, torch.utils.hooks.RemovableHandle]:
+    """Keep ``layer``'s output of every forward in the returned holder; remove the handle when done."""
+    holder = Captured()
+
+    def hook(_m: nn.Module, _i: tuple, out: torch.Tensor) -> None:
+        holder.output = out
+
+    return holder, layer.register_forward_hook(hook)
+
+
+def outside_share(acts: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor,
+                  eps: float = 1e-6) -> torch.Tensor:
+    """Per sample, one minus the share of the target class's Grad-CAM energy that lies inside its mask.
+
+    A map without positive evidence scores 1, like a map entirely outside: a penalty on this share can
+    only be lowered by putting evidence inside the mask, never by removing it everywhere.
+
+    The map is Grad-CAM's ``relu(sum_k w_k A_k)`` at the layer whose output is ``acts``, with the channel
+    weights ``w_k`` (spatial means of the gradient) held fixed: the share is differentiable through the
+    activations, so a penalty on it teaches the layers up to there where to put their evidence, at the
+    cost of one extra backward pass from the logits to that layer. ``masks`` (``[B, 1, H, W]`` in {0, 1})
+    are pooled to the map's cells, so a cell half inside counts half.
+    """
+    score = logits.gather(1, targets.view(-1, 1)).sum()
+    (grads,) = torch.autograd.grad(score, acts, retain_graph=True)
+    cam = torch.relu((grads.mean(dim=(2, 3), keepdim=True) * acts).sum(dim=1))
+    inside = torch.nn.functional.adaptive_avg_pool2d(masks, cam.shape[-2:])[:, 0]
+    return 1.0 - (cam * inside).sum(dim=(1, 2)) / (cam.sum(dim=(1, 2)) + eps)

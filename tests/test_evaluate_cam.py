@@ -1,4 +1,4 @@
-"""The pointing game, dilation, focus and summary of ``scripts/evaluate_cam.py``, on hand-made maps.
+"""The pointing game, dilation, focus, bars and summary of ``scripts/evaluate_cam.py``, on hand-made maps.
 
 Every expected value is worked out by hand or by a brute-force reference; the served end-to-end run is
 in ``tests/test_train.py`` (it needs a trained model behind a real TorchServe).
@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 
+from camserve.errors import DataError
 from scripts import evaluate_cam as ev
 from tests.harness import free_port
 
@@ -122,18 +123,22 @@ def test_focus_of_a_map_hot_on_one_side():
 def _records() -> list[ev.Record]:
     R = ev.Record
     return [
-        R("a", "COVID", "COVID", 0.9, True, 0.8, 0.8, True),
-        R("b", "COVID", "COVID", 0.9, True, 0.6, 0.6, False),
-        R("c", "Viral_Pneumonia", "Viral_Pneumonia", 0.9, True, None, None, False),  # no evidence
-        R("d", "Viral_Pneumonia", "Viral_Pneumonia", 0.9, True, 0.9, 0.9, True),
-        R("e", "Viral_Pneumonia", "Normal", 0.6, False, 0.1, 0.1, None),  # wrong: no pointing game
-        R("f", "Normal", "Normal", 0.9, True, 0.2, 0.2, None),
+        R("a", "COVID", "COVID", 0.9, True, 0.8, 0.8, True, roi=True),
+        R("b", "COVID", "COVID", 0.9, True, 0.6, 0.6, False, roi=True),
+        R("c", "Viral_Pneumonia", "Viral_Pneumonia", 0.9, True, None, None, False, roi=True),  # no evidence
+        R("d", "Viral_Pneumonia", "Viral_Pneumonia", 0.9, True, 0.9, 0.9, True, roi=True),
+        R("e", "Viral_Pneumonia", "Normal", 0.6, False, 0.1, 0.1, None, roi=True),  # wrong: no pointing game
+        R("f", "Normal", "Normal", 0.9, True, 0.2, 0.2, None, roi=True),
         R("g", "Normal", error="ServerUnavailable: down"),
     ]
 
 
+BARS = {"min_accuracy": 0.9, "max_accuracy": 1.0, "min_pointing_game": 0.5, "min_pointing_game_per_class": 0.6,
+        "min_median_focus": 0.7}
+
+
 def test_summarise_counts_and_rates():
-    s = ev.summarise(_records(), ["COVID", "Viral_Pneumonia"])
+    s = ev.summarise(_records(), ["COVID", "Viral_Pneumonia"], BARS)
     assert s["n_images"] == 7 and s["n_failed"] == 1
     assert s["accuracy"] == pytest.approx(5 / 6)
     assert s["per_class_accuracy"] == {"COVID": 1.0, "Normal": 1.0, "Viral_Pneumonia": pytest.approx(2 / 3)}
@@ -142,34 +147,73 @@ def test_summarise_counts_and_rates():
     assert s["pointing_game"]["per_class"] == {"COVID": 0.5, "Viral_Pneumonia": 0.5}
     # correctly classified lesion images: 0.8, 0.6, 0 (no evidence), 0.9 -> median 0.7
     assert s["median_focus"] == pytest.approx(0.7)
-    assert s["n_no_evidence"] == 1
+    assert s["n_scored"] == 4 and s["n_no_evidence"] == 1
     assert s["median_focus_all_images"] == pytest.approx(0.6)  # 0.8, 0.6, 0.9, 0.1, 0.2
     assert s["focus_max_discrepancy"] == 0.0
-    assert s["bars"] == {"accuracy": False, "pointing_game": False, "median_focus": True}
+    assert s["bars"] == {"min_accuracy": False, "max_accuracy": True, "min_pointing_game": True,
+                         "min_pointing_game_per_class": False, "min_median_focus": True}
+
+
+def test_only_the_given_bars_are_judged():
+    s = ev.summarise(_records(), ["COVID", "Viral_Pneumonia"], {"min_median_focus": 0.71})
+    assert s["bars"] == {"min_median_focus": False}
+    assert ev.summarise(_records(), ["COVID"])["bars"] == {}
+
+
+def test_without_roi_masks_there_is_no_focus_figure():
+    recs = [ev.Record(str(i), "COVID", "COVID", 0.9, True, None, None, True) for i in range(3)]
+    s = ev.summarise(recs, ["COVID"], {"min_median_focus": 0.1})
+    assert s["median_focus"] is None and s["n_no_evidence"] == 0
+    assert s["bars"] == {"min_median_focus": False}  # a figure that cannot be measured misses its bar
 
 
 def test_bars_reject_perfect_accuracy():
-    recs = [ev.Record(str(i), "COVID", "COVID", 0.9, True, 0.9, 0.9, True) for i in range(10)]
-    s = ev.summarise(recs, ["COVID"])
-    assert s["accuracy"] == 1.0 and not s["bars"]["accuracy"]
-    assert s["bars"]["pointing_game"] and s["bars"]["median_focus"]
-    assert "MISSES >= 0.90 and < 1.00" in ev.human(s, 4)
+    recs = [ev.Record(str(i), "COVID", "COVID", 0.9, True, 0.9, 0.9, True, roi=True) for i in range(10)]
+    bars = {"min_accuracy": 0.93, "max_accuracy": 1.0, "min_pointing_game": 0.9, "min_median_focus": 0.75}
+    s = ev.summarise(recs, ["COVID"], bars)
+    assert s["accuracy"] == 1.0 and not s["bars"]["max_accuracy"] and s["bars"]["min_accuracy"]
+    assert s["bars"]["min_pointing_game"] and s["bars"]["min_median_focus"]
+    text = ev.human(s, bars)
+    assert "MISSES < 1" in text and "meets >= 0.93" in text and "meets >= 0.75" in text
+
+
+def test_tolerance_is_a_share_of_the_longer_side():
+    assert ev.tolerance_px((128, 128), 0.03) == 4  # 3.84 rounds to 4
+    assert ev.tolerance_px((200, 100), 0.03) == 6
+    assert ev.tolerance_px((64, 64), 0.0) == 0
+
+
+def test_bars_file_and_flags(tmp_path):
+    bars = tmp_path / "bars.json"
+    bars.write_text(json.dumps({"min_accuracy": 0.93, "min_median_focus": 0.75}))
+    args = ev.build_parser().parse_args(["--data-dir", "d", "--model", "m", "--bars", str(bars),
+                                         "--min-median-focus", "0.8"])
+    assert ev.read_bars(args) == {"min_accuracy": 0.93, "min_median_focus": 0.8}  # the flag wins
+    for bad in ('{"min_acuracy": 0.9}', '{"min_accuracy": 2}', "[0.9]", "not json"):
+        bars.write_text(bad)
+        with pytest.raises(DataError):
+            ev.read_bars(args)
 
 
 def test_help_shows_defaults(capsys):
     with pytest.raises(SystemExit) as exc:
         ev.build_parser().parse_args(["--help"])
     assert exc.value.code == 0
-    out = capsys.readouterr().out
-    for text in ("--dilate-px", "default: 4", "default: chest_phantom", "default: test", "--concurrency"):
+    out = " ".join(capsys.readouterr().out.split())
+    for text in ("--dilate", "(default: 0.03)", "--roi-masks", "--lesion-masks", "--concurrency", "--check"):
         assert text in out
 
 
 @pytest.mark.parametrize("argv", [
     [],
-    ["--data", "d", "--dilate-px", "-1"],
-    ["--data", "d", "--concurrency", "0"],
-    ["--data", "d", "--lesion-classes", ","],
+    ["--data-dir", "d"],
+    ["--data-dir", "d", "--model", "m", "--dilate", "-1"],
+    ["--data-dir", "d", "--model", "m", "--concurrency", "0"],
+    ["--data-dir", "d", "--model", "m", "--lesion-classes", ","],
+    ["--data-dir", "d", "--model", "m", "--timeout", "inf"],
+    ["--data-dir", "d", "--model", "m", "--min-accuracy", "1.5"],
+    ["--data-dir", "d", "--model", "m", "--explain", "saliency"],
+    ["--data-dir", "d", "--model", "m", "--check"],  # nothing to check against
 ])
 def test_bad_arguments_exit_2(argv):
     with pytest.raises(SystemExit) as exc:
@@ -178,16 +222,29 @@ def test_bad_arguments_exit_2(argv):
 
 
 def test_unreachable_server_exits_2(tmp_path, capsys):
-    (tmp_path / "test" / "COVID").mkdir(parents=True)
-    (tmp_path / "test" / "COVID" / "x.png").write_bytes(b"not read before the server answers")
+    (tmp_path / "COVID").mkdir(parents=True)
+    (tmp_path / "COVID" / "x.png").write_bytes(b"not read before the server answers")
     key = tmp_path / "key_file.json"
     key.write_text(json.dumps({"inference": {"key": "k"}, "management": {"key": "m"}}))
-    code = ev.main(["--data", str(tmp_path), "--url", f"http://127.0.0.1:{free_port()}",
+    code = ev.main(["--data-dir", str(tmp_path), "--model", "m", "--url", f"http://127.0.0.1:{free_port()}",
                     "--token-file", str(key), "--timeout", "5"])
     assert code == 2
     assert "not reachable" in capsys.readouterr().err
 
 
-def test_missing_split_exits_2(tmp_path, capsys):
-    assert ev.main(["--data", str(tmp_path), "--split", "test"]) == 2
-    assert "does not exist" in capsys.readouterr().err
+def test_unknown_class_folder_and_missing_dir_are_data_errors(tmp_path):
+    (tmp_path / "Pneumothorax").mkdir()
+    (tmp_path / "Pneumothorax" / "a.png").write_bytes(b"x")
+    with pytest.raises(DataError, match="Pneumothorax"):
+        ev.list_images(tmp_path, ["COVID", "Normal"])
+    with pytest.raises(DataError, match="does not exist"):
+        ev.list_images(tmp_path / "nope", ["COVID"])
+
+
+def test_masks_mirror_the_data_dir(tmp_path):
+    (tmp_path / "m" / "COVID").mkdir(parents=True)
+    (tmp_path / "m" / "COVID" / "a.png").write_bytes(b"x")
+    assert ev.mask_path(tmp_path / "m", "COVID/a.png") == tmp_path / "m" / "COVID" / "a.png"
+    assert ev.mask_path(tmp_path / "m", "COVID/a.jpg") == tmp_path / "m" / "COVID" / "a.png"  # same stem
+    assert ev.mask_path(tmp_path / "m", "COVID/b.png") is None
+    assert ev.mask_path(None, "COVID/a.png") is None

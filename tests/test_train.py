@@ -115,16 +115,29 @@ def test_channel_stats_known_values():
 def test_augment_identity_shift_and_flip():
     gen = torch.Generator().manual_seed(0)
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
-    assert torch.equal(train.augment(x, gen, 0, False), x)
-    flipped = train.augment(x, gen, 0, True)
+    assert torch.equal(train.augment(x, gen, 0, False)[0], x)
+    flipped, none = train.augment(x, gen, 0, True)
+    assert none is None
     for a, b in zip(flipped, x, strict=True):
         assert torch.equal(a, b) or torch.equal(a, b.flip(-1))
     dot = torch.zeros(64, 1, 9, 9)
     dot[:, :, 4, 4] = 1.0
-    moved = train.augment(dot, gen, 2, False)
+    moved, _ = train.augment(dot, gen, 2, False)
     where = [tuple(int(v) for v in torch.nonzero(m[0])[0]) for m in moved]
     assert all(2 <= r <= 6 and 2 <= c <= 6 for r, c in where)
     assert len(set(where)) > 5  # it does move
+
+
+def test_augment_moves_masks_with_their_images_and_never_hides_them():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.zeros(32, 3, 9, 9)
+    x[:, :, 2, 1] = 1.0  # an off-centre dot, so flips show
+    masks = (x[:, :1] > 0).float()
+    moved, moved_masks = train.augment(x, gen, 2, True, hide=0.0, masks=masks)
+    assert moved_masks.shape == (32, 1, 9, 9)
+    assert torch.equal(moved_masks[:, 0] > 0, moved[:, 0] > 0)  # same shift and flip, sample by sample
+    hidden, kept = train.augment(torch.ones(8, 3, 8, 8), gen, 0, False, hide=1.0, masks=torch.ones(8, 1, 8, 8))
+    assert hidden.abs().sum() == 0 and torch.equal(kept, torch.ones(8, 1, 8, 8))
 
 
 # ---- end to end (no server) ---------------------------------------------------------------------------
@@ -193,14 +206,17 @@ def test_trained_checkpoint_archives_serves_and_evaluates(trained, phantoms, tmp
         torch.testing.assert_close(served, local, atol=1e-4, rtol=0)
 
         capsys.readouterr()
-        code = evaluate_cam.main(["--data", str(phantoms), "--url", server.url, "--model", "phantom_tiny",
-                                  "--token-file", str(server.key_file), "--out", str(tmp_path / "cam.json")])
+        masks = phantoms / "masks"
+        code = evaluate_cam.main(["--data-dir", str(phantoms / "test"), "--url", server.url, "--model", "phantom_tiny",
+                                  "--roi-masks", str(masks / "lungs" / "test"), "--lesion-masks",
+                                  str(masks / "lesions" / "test"), "--token-file", str(server.key_file),
+                                  "--output-dir", str(tmp_path / "cam")])
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["n_images"] == 3 and summary["n_failed"] == 0
     assert summary["accuracy"] == pytest.approx(metrics["test"]["accuracy"])  # served == trainer's own figure
     assert summary["focus_max_discrepancy"] < 1e-3  # served focus_score == recomputed from the served map
-    records = json.loads((tmp_path / "cam.json").read_text())["records"]
+    records = json.loads((tmp_path / "cam" / "records.json").read_text())
     assert len(records) == 3 and all(r["focus"] is None or 0.0 <= r["focus"] <= 1.0 for r in records)
 
 
@@ -247,3 +263,84 @@ def test_demo_build_caches_every_step_and_is_deterministic(tmp_path, capsys):
     assert "made" in other_data["steps"][0] and "made" in other_data["steps"][1]
     # 7 per class x 3 classes x (image + 2 masks): the 6-per-class files, split differently, were removed
     assert len(list((tmp_path / "phantoms").rglob("*.png"))) == 63
+
+
+# ---- region-of-interest guidance ----------------------------------------------------------------------------
+
+def test_outside_share_known_values():
+    acts = torch.tensor([[[[1.0, 0.0], [0.0, 3.0]]]], requires_grad=True)  # [1, 1, 2, 2]
+    logits = torch.stack([acts.sum(), -acts.sum()]).view(1, 2)  # d logit_0 / dA = 1, d logit_1 / dA = -1
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[..., :2, :2] = 1.0  # the top-left cell inside
+    share = training.outside_share(acts, logits, torch.tensor([0]), mask)
+    assert share.item() == pytest.approx(3 / 4)  # map relu(A): energy 1 inside, 3 outside
+    assert training.outside_share(acts, logits, torch.tensor([1]), mask).item() == 1.0  # relu(-A): no evidence
+    share.backward()  # differentiable through the activations
+    assert acts.grad[0, 0, 1, 1] > 0 and acts.grad[0, 0, 0, 0] < 0
+
+
+def test_masks_mirror_the_data_dir_and_missing_ones_are_flagged(tmp_path):
+    from PIL import Image
+
+    images = [tmp_path / "data" / "train" / "A" / "x.jpg", tmp_path / "data" / "train" / "A" / "y.png"]
+    mask = np.zeros((10, 10), np.uint8)
+    mask[:, 5:] = 255
+    (tmp_path / "masks" / "train" / "A").mkdir(parents=True)
+    Image.fromarray(mask).save(tmp_path / "masks" / "train" / "A" / "x.png")  # same stem, .png
+    masks, found = training.load_masks(images, tmp_path / "data", tmp_path / "masks", 8)
+    assert found.tolist() == [True, False]
+    assert masks.shape == (2, 1, 8, 8) and set(masks.unique().tolist()) == {0.0, 1.0}
+    assert masks[0, 0, :, 4:].sum() == 32 and masks[0, 0, :, :4].sum() == 0
+    assert torch.equal(masks[1], torch.ones(1, 8, 8))  # no mask: no penalty, and no constraint
+
+
+def test_roi_masks_without_any_mask_for_the_training_images_are_refused(phantoms, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    argv = ["--data-dir", str(phantoms), "--arch", "resnet18", "--checkpoint", str(tmp_path / "m.pt"),
+            "--roi-masks", str(tmp_path / "empty")]
+    assert train.main(argv) == 2
+    assert "no mask" in capsys.readouterr().err and not (tmp_path / "m.pt").exists()
+
+
+def _two_cue_set(root: Path, per_class: int = 48, size: int = 64) -> None:
+    """A dark field (the region of interest, like a lung) somewhere on a grey background; class 'marked'
+    has one bright square inside the field and one outside it, class 'plain' none."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", per_class), ("val", per_class // 2)):
+        for label in ("marked", "plain"):
+            (root / "data" / split / label).mkdir(parents=True)
+            (root / "masks" / split / label).mkdir(parents=True)
+            for i in range(n):
+                img = rng.normal(0.55, 0.04, (size, size))
+                top, left = rng.integers(2, size - 30, size=2)
+                field = np.zeros((size, size), bool)
+                field[top:top + 28, left:left + 28] = True
+                img[field] -= 0.35
+                if label == "marked":
+                    img[top + 11:top + 17, left + 11:left + 17] += 0.3
+                    free = np.argwhere(~field)
+                    outside = [(r, c) for r, c in free[rng.permutation(len(free))]
+                               if r <= size - 7 and c <= size - 7 and not field[r:r + 6, c:c + 6].any()][0]
+                    img[outside[0]:outside[0] + 6, outside[1]:outside[1] + 6] += 0.3
+                pixels = (np.clip(img, 0, 1) * 255).astype(np.uint8)
+                Image.fromarray(pixels).save(root / "data" / split / label / f"{i}.png")
+                Image.fromarray(field.astype(np.uint8) * 255).save(root / "masks" / split / label / f"{i}.png")
+
+
+@pytest.mark.train
+def test_roi_guidance_moves_the_evidence_into_the_masks(tmp_path):
+    # The class shows twice, inside the region of interest and outside it. Unguided, the maps use both;
+    # guided, they keep to the region, and the accuracy stays.
+    _two_cue_set(tmp_path)
+    base = ["--data-dir", str(tmp_path / "data"), "--arch", "resnet18", "--epochs", "8", "--input-size", "64",
+            "--batch-size", "8", "--target-layer", "layer2", "--threads", "1", "--max-shift", "0", "--hide", "0",
+            "--roi-masks", str(tmp_path / "masks")]
+    results = {}
+    for name, weight in (("free", "0"), ("guided", "1")):
+        assert train.main([*base, "--checkpoint", str(tmp_path / f"{name}.pt"), "--roi-weight", weight]) == 0
+        results[name] = json.loads(training.metrics_path(tmp_path / f"{name}.pt").read_text())["val"]
+    assert results["free"]["accuracy"] >= 0.9 and results["guided"]["accuracy"] >= 0.9
+    focus = {name: r["roi_focus_median_per_class"]["marked"] for name, r in results.items()}
+    assert focus["guided"] >= focus["free"] + 0.3 and focus["guided"] >= 0.6, focus  # measured: 0.25 -> 0.73
