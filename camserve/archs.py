@@ -89,7 +89,8 @@ def build_arch(arch: str, num_outputs: int) -> nn.Module:
         raise CheckpointError(
             f"unknown arch {arch!r}: use one of {', '.join(SUPPORTED_ARCHS)} "
             "or another torchvision classification model name")
-    return torchvision.models.get_model(arch, weights=None, num_classes=num_outputs)
+    model: nn.Module = torchvision.models.get_model(arch, weights=None, num_classes=num_outputs)
+    return model
 
 
 def get_module(model: nn.Module, dotted: str) -> nn.Module:
@@ -103,7 +104,7 @@ def get_module(model: nn.Module, dotted: str) -> nn.Module:
             f"{', '.join(names[:40])}") from exc
 
 
-def auto_target_layer(model: nn.Module, input_size: int, dummy_inputs: tuple = ()) -> str:
+def auto_target_layer(model: nn.Module, input_size: int, dummy_inputs: tuple[torch.Tensor, ...] = ()) -> str:
     """The last module whose output is a 4-D map larger than 1x1 and that is not a pooling layer.
 
     Pooling layers are skipped because torchcam's rule (last 4-D output) picks VGG's and AlexNet's
@@ -120,7 +121,8 @@ def auto_target_layer(model: nn.Module, input_size: int, dummy_inputs: tuple = (
     return _stage_of(leaves[-1].name)
 
 
-def auto_fusion_layers(model: nn.Module, input_size: int, dummy_inputs: tuple = ()) -> tuple[str, ...]:
+def auto_fusion_layers(model: nn.Module, input_size: int,
+                       dummy_inputs: tuple[torch.Tensor, ...] = ()) -> tuple[str, ...]:
     """The layers LayerCAM fusion uses when none are named: one per map size, the coarsest sizes.
 
     For each of the ``FUSION_DEPTH`` smallest map sizes, the module with that output size that is
@@ -154,7 +156,8 @@ class SpatialOutput:
     pool: bool  # a pooling layer, or a container that returns a pooling layer's output
 
 
-def module_maps(model: nn.Module, input_size: int, dummy_inputs: tuple = ()) -> list[SpatialOutput]:
+def module_maps(model: nn.Module, input_size: int,
+                dummy_inputs: tuple[torch.Tensor, ...] = ()) -> list[SpatialOutput]:
     """Every named module with a spatial 4-D output in one forward on zeros, by the order it finished."""
     seen: dict[str, SpatialOutput] = {}
     pooled: list[torch.Tensor] = []  # kept alive, so that identity checks cannot match a recycled id
@@ -165,7 +168,7 @@ def module_maps(model: nn.Module, input_size: int, dummy_inputs: tuple = ()) -> 
             continue
         leaf, is_pool = not list(module.children()), isinstance(module, _POOLS)
 
-        def record(_m: nn.Module, _i: tuple, out: object, name: str = name, leaf: bool = leaf,
+        def record(_m: nn.Module, _i: tuple[object, ...], out: object, name: str = name, leaf: bool = leaf,
                    is_pool: bool = is_pool) -> None:
             if not (isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[-1] * out.shape[-2] > 1):
                 return

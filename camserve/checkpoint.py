@@ -175,14 +175,22 @@ def resolve_spec(meta: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor]
         arch=str(arch), class_names=names, num_outputs=outputs,
         target_layer=str(merged.get("target_layer") or DEFAULT_TARGET_LAYERS.get(str(arch), "")),
         input_size=size,
-        mean=tuple(float(x) for x in merged.get("mean") or IMAGENET_MEAN),
-        std=tuple(float(x) for x in merged.get("std") or IMAGENET_STD),
+        mean=rgb(merged.get("mean") or IMAGENET_MEAN, "mean"),
+        std=rgb(merged.get("std") or IMAGENET_STD, "std"),
         model_file=str(model_file) if model_file else None,
         model_args=dict(merged.get("model_args") or {}),
         tabular=tabular,
         cam_method=cam_method(merged.get("cam_method")),
         fusion_layers=layer_list(merged.get("fusion_layers")),
     )
+
+
+def rgb(values: Any, name: str) -> tuple[float, float, float]:
+    """Three per-channel floats (the normalisation's mean or std)."""
+    items = [float(v) for v in values]
+    if len(items) != 3:
+        raise CheckpointError(f"{name} must have 3 values (R, G, B), got {len(items)}")
+    return items[0], items[1], items[2]
 
 
 def cam_method(value: Any) -> str:
@@ -270,6 +278,8 @@ def load_model_class(path: str | Path) -> type[nn.Module]:
     if not path.is_file():
         raise CheckpointError(f"model file {str(path)!r} does not exist")
     module_spec = importlib.util.spec_from_file_location(f"camserve_model_{path.stem}", path)
+    if module_spec is None or module_spec.loader is None:
+        raise CheckpointError(f"model file {path.name} cannot be imported as a Python module")
     module = importlib.util.module_from_spec(module_spec)
     try:
         module_spec.loader.exec_module(module)

@@ -45,7 +45,8 @@ def _average_ranks(v: torch.Tensor) -> torch.Tensor:
     ranks[order] = torch.arange(v.numel(), dtype=torch.float64)
     _, inverse, counts = torch.unique(v, return_inverse=True, return_counts=True)
     sums = torch.zeros(counts.numel(), dtype=torch.float64).index_add_(0, inverse, ranks)
-    return (sums / counts)[inverse]
+    averaged: torch.Tensor = (sums / counts)[inverse]
+    return averaged
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float | None:
@@ -85,7 +86,7 @@ def stages(model: nn.Module, inputs: Sequence[torch.Tensor]) -> list[str]:
             continue
         stage = ".".join(name.split(".")[:2]) or "(root)"
 
-        def record(_m: nn.Module, _i: tuple, _o: object, stage: str = stage) -> None:
+        def record(_m: nn.Module, _i: tuple[object, ...], _o: object, stage: str = stage) -> None:
             first_run.setdefault(stage, len(first_run))
 
         hooks.append(module.register_forward_hook(record))
@@ -212,7 +213,7 @@ def train_on_permuted_labels(model: nn.Module, x: torch.Tensor, labels: torch.Te
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     for _ in range(epochs):
         model.train()
-        for idx in torch.randperm(labels.numel(), generator=generator).split(batch_size):
+        for idx in torch.split(torch.randperm(labels.numel(), generator=generator), batch_size):
             if idx.numel() < 2:
                 continue  # BatchNorm needs two samples
             logits = model(x[idx], *[e[idx] for e in extra])
@@ -221,7 +222,7 @@ def train_on_permuted_labels(model: nn.Module, x: torch.Tensor, labels: torch.Te
             else:
                 loss = F.cross_entropy(logits, permuted[idx])
             optimiser.zero_grad()
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             optimiser.step()
     model.eval()
     with torch.no_grad():

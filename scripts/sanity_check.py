@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add(p, "--output-dir", "--out", type=Path, metavar="DIR", help="also write sanity_check.json here")
     p.add_argument("--limit", type=cli.positive_int, default=16, help="images explained (default: %(default)s)")
     p.add_argument("--method", choices=cam_ops.METHODS, help="CAM method (default: the model's)")
+    p.add_argument("--model-file", type=Path, help="custom model class file, as for archive.py (else the checkpoint's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the re-draws and the label permutation")
     p.add_argument("--max-stages", type=cli.positive_int, help="stop the cascade after this many stages")
     p.add_argument("--draws", type=cli.positive_int, default=3,
@@ -101,7 +102,8 @@ def load_images(root: Path, spec: ModelSpec, limit: int) -> tuple[list[str], lis
 
 
 def tabular_inputs(spec: ModelSpec, n: int) -> tuple[torch.Tensor, ...]:
-    """Every clinical field missing, as a request without them (image-only models: none)."""
+    """Every clinical field missing, as a request without them (image-only models: none): the test is
+    about the image map, and the served comparison sends no clinical field either."""
     schema = spec.schema
     return () if schema is None else (schema.encode({}).expand(n, -1).clone(),)
 
@@ -153,7 +155,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise DataError("--url needs --model, the served model's name")
     if args.permuted_labels and (args.train_dir is None or not args.train_dir.is_dir()):
         raise DataError("--permuted-labels needs --train-dir, an ImageFolder tree with one folder per class")
-    model, spec = load_checkpoint(args.checkpoint)
+    model, spec = load_checkpoint(args.checkpoint, model_file=args.model_file)
     method = args.method or spec.cam_method
     layers = spec.fusion_layers if method == cam_ops.FUSION else (spec.target_layer,)
     files, raw, x = load_images(args.data_dir, spec, args.limit)

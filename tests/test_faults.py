@@ -17,6 +17,7 @@ from camserve.schema import ExplainResponse
 from tests.corpus import GOOD
 
 TIMEOUT = 30.0
+SLACK = 5.0  # requests' timeout bounds each wait for bytes, not the whole exchange: connect + read + decode
 
 
 def worker_pid(server: Any, model: str = "tiny") -> int | None:
@@ -54,7 +55,7 @@ def test_a_killed_worker_costs_at_most_its_batch_and_the_server_recovers(server:
         outcomes = list(pool.map(one, range(40)))
     failed = [r for _, _, r in outcomes if isinstance(r, CamserveError)]
     assert all(isinstance(r, (WorkerDied, ServerUnavailable)) and r.retriable for r in failed), failed
-    assert all(took < TIMEOUT for took, _, _ in outcomes), "no request hangs past its timeout"
+    assert all(took < TIMEOUT + SLACK for took, _, _ in outcomes), "no request hangs past its timeout"
     answered_after_kill = [end for _, end, r in outcomes if isinstance(r, ExplainResponse) and end > killed_at[0]]
     assert answered_after_kill, "requests after the crash are answered"
 
