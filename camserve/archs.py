@@ -10,11 +10,11 @@ its final activation wherever that activation is a module (all but DenseNet):
 |                 |                  |               | functional ReLU (pytorch-grad-cam's features[-1]) |
 | efficientnet_b0 | features.8       | 7x7           | Conv-BN-SiLU                                      |
 | mobilenet_v2    | features.18      | 7x7           | Conv-BN-ReLU6                                     |
-| vgg16           | features.29      | 14x14         | last ReLU; seed 000's features.30 is the max-pool |
-| alexnet         | features.11      | 13x13         | last ReLU; seed 000's features.12 is the max-pool |
+| vgg16           | features.29      | 14x14         | last ReLU; features.30 is the max-pool    |
+| alexnet         | features.11      | 13x13         | last ReLU; features.12 is the max-pool    |
 
 DenseNet applies ``F.relu(features, inplace=True)`` after ``features``; a hook that kept the tensor it
-returned would see it changed in place (a known anchor bug). The CAM hook keeps its own leaf and hands
+returned would see it changed in place (a classic CAM-library bug). The CAM hook keeps its own leaf and hands
 the model a clone, so the captured activation stays the pre-ReLU one. Pre-ReLU is a choice: applying
 the ReLU in the hook would let the model's own ReLU zero the gradients where the activation is 0, giving
 a map that is Grad-CAM at neither point.

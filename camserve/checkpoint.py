@@ -1,10 +1,10 @@
-"""Checkpoints that describe themselves (STYLE.md #4), read as weights only.
+"""Checkpoints that describe themselves, read as weights only.
 
 Accepted layouts, all loaded with ``torch.load(..., weights_only=True)``:
 
 (a) camserve's own: ``{"state_dict", "arch", "class_names"[, "input_size", "mean", "std", "target_layer",
     "cam_method", "fusion_layers"]}``;
-(b) seed 000's: ``{"model_state_dict", "class_names", "model_name" or "arch"}``, keys possibly prefixed
+(b) a common training-script layout: ``{"model_state_dict", "class_names", "model_name" or "arch"}``, keys possibly prefixed
     ``backbone.``, ``module.`` (DataParallel) or ``_orig_mod.`` (torch.compile);
 (c) a bare state_dict, with ``arch`` and ``class_names`` given by the caller.
 

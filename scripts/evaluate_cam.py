@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 from tqdm import tqdm
 
@@ -49,7 +48,7 @@ if str(REPO) not in sys.path:  # allow `python scripts/evaluate_cam.py` without 
     sys.path.insert(0, str(REPO))
 
 from camserve import cli  # noqa: E402
-from camserve.cam import focus_score, upsample  # noqa: E402
+from camserve.analysis.localisation import focus, pointing_game_hit  # noqa: E402
 from camserve.client import Client  # noqa: E402
 from camserve.errors import CamserveError, DataError  # noqa: E402
 from camserve.folders import match_class, walk  # noqa: E402
@@ -104,63 +103,9 @@ def read_bars(args: argparse.Namespace) -> dict[str, float]:
 
 # ---- pure functions ---------------------------------------------------------------------------------
 
-def disc(radius: int) -> np.ndarray:
-    """Boolean ``(2r+1, 2r+1)`` Euclidean disc: offsets with ``dy**2 + dx**2 <= r**2``."""
-    yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
-    return yy**2 + xx**2 <= radius**2
-
-
-def dilate(mask: np.ndarray, px: int) -> np.ndarray:
-    """Binary dilation of ``mask`` by a disc of radius ``px`` (pure numpy; pixels outside count as False)."""
-    mask = np.asarray(mask, dtype=bool)
-    if px <= 0:
-        return mask.copy()
-    h, w = mask.shape
-    padded = np.pad(mask, px)
-    out = np.zeros_like(mask)
-    for dy, dx in np.argwhere(disc(px)):
-        out |= padded[dy:dy + h, dx:dx + w]
-    return out
-
-
-def upsample_cam(cam: Sequence[Sequence[float]] | np.ndarray, height: int, width: int) -> np.ndarray:
-    """A feature-map-resolution map, bilinearly upsampled to the image (the server's ``upsample``)."""
-    return upsample(torch.as_tensor(np.asarray(cam, dtype=np.float32)), height, width).numpy()
-
-
-def peak(cam_up: np.ndarray) -> tuple[int, int] | None:
-    """``(row, col)`` of the map's maximum (first in row-major order), or ``None`` for an all-zero map."""
-    if cam_up.size == 0 or not float(cam_up.max()) > 0.0:
-        return None
-    row, col = np.unravel_index(int(np.argmax(cam_up)), cam_up.shape)
-    return int(row), int(col)
-
-
 def tolerance_px(shape: tuple[int, ...], share: float) -> int:
     """The dilation radius in pixels: ``share`` of the longer side, rounded."""
     return round(share * max(shape))
-
-
-def pointing_game_hit(cam: Sequence[Sequence[float]] | np.ndarray, lesion_mask: np.ndarray, dilate_px: int) -> bool:
-    """Whether the peak of ``cam``, upsampled to the mask's size, lies in the mask dilated by ``dilate_px``.
-
-    Args:
-        cam: Map at feature-map resolution, covering the whole image (no crop in preprocessing).
-        lesion_mask: Boolean ``[H, W]`` mask at the image's resolution.
-        dilate_px: Tolerance in image pixels.
-
-    Returns:
-        ``False`` for an all-zero map (no evidence points anywhere).
-    """
-    lesion_mask = np.asarray(lesion_mask, dtype=bool)
-    where = peak(upsample_cam(cam, *lesion_mask.shape))
-    return where is not None and bool(dilate(lesion_mask, dilate_px)[where])
-
-
-def focus(cam: Sequence[Sequence[float]] | np.ndarray, mask: np.ndarray) -> float | None:
-    """Share of the upsampled map's energy inside ``mask`` (the server's ``focus_score``); ``None`` if empty."""
-    mask = np.asarray(mask, dtype=bool)
-    return focus_score(torch.from_numpy(upsample_cam(cam, *mask.shape)), torch.from_numpy(mask))
 
 
 @dataclass

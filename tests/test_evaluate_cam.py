@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 
+from camserve.analysis import localisation as loc
 from camserve.errors import DataError
 from scripts import evaluate_cam as ev
 from tests.harness import free_port
@@ -27,7 +28,7 @@ def _brute_dilate(mask: np.ndarray, r: int) -> np.ndarray:
 
 
 def test_disc_radius_two_has_thirteen_offsets():
-    d = ev.disc(2)
+    d = loc.disc(2)
     assert d.shape == (5, 5) and int(d.sum()) == 13
     assert not d[0, 0] and d[0, 2] and d[1, 1]
 
@@ -35,7 +36,7 @@ def test_disc_radius_two_has_thirteen_offsets():
 def test_dilate_single_pixel_grows_into_a_disc():
     mask = np.zeros((9, 9), bool)
     mask[4, 4] = True
-    out = ev.dilate(mask, 2)
+    out = loc.dilate(mask, 2)
     assert out.sum() == 13
     assert out[4, 2] and out[2, 4] and out[3, 3] and not out[2, 2] and not out[4, 7]
 
@@ -43,8 +44,8 @@ def test_dilate_single_pixel_grows_into_a_disc():
 def test_dilate_zero_is_identity_and_borders_do_not_wrap():
     mask = np.zeros((6, 8), bool)
     mask[0, 0] = True
-    assert np.array_equal(ev.dilate(mask, 0), mask)
-    out = ev.dilate(mask, 1)
+    assert np.array_equal(loc.dilate(mask, 0), mask)
+    out = loc.dilate(mask, 1)
     assert sorted(map(tuple, np.argwhere(out))) == [(0, 0), (0, 1), (1, 0)]
     assert not out[-1, -1] and not out[0, -1]
 
@@ -53,7 +54,7 @@ def test_dilate_zero_is_identity_and_borders_do_not_wrap():
 def test_dilate_matches_brute_force(radius):
     rng = np.random.default_rng(radius)
     mask = rng.random((17, 23)) < 0.04
-    assert np.array_equal(ev.dilate(mask, radius), _brute_dilate(mask, radius))
+    assert np.array_equal(loc.dilate(mask, radius), _brute_dilate(mask, radius))
 
 
 def _cam_with_peak(h: int, w: int, row: int, col: int) -> np.ndarray:
@@ -64,8 +65,8 @@ def _cam_with_peak(h: int, w: int, row: int, col: int) -> np.ndarray:
 
 def test_peak_of_upsampled_map_sits_on_the_hot_cell():
     # A 4x4 map upsampled to 32x32: cell (1, 2) covers rows 8-15, columns 16-23.
-    up = ev.upsample_cam(_cam_with_peak(4, 4, 1, 2), 32, 32)
-    row, col = ev.peak(up)
+    up = loc.upsample_cam(_cam_with_peak(4, 4, 1, 2), 32, 32)
+    row, col = loc.peak(up)
     assert 8 <= row <= 15 and 16 <= col <= 23
     assert up.shape == (32, 32) and up.max() <= 1.0
 
@@ -74,41 +75,41 @@ def test_pointing_game_hit_and_miss():
     cam = _cam_with_peak(4, 4, 1, 2)
     lesion = np.zeros((32, 32), bool)
     lesion[10:14, 18:22] = True  # around the hot cell's centre (11.5, 19.5)
-    assert ev.pointing_game_hit(cam, lesion, 0)
+    assert loc.pointing_game_hit(cam, lesion, 0)
     elsewhere = np.zeros((32, 32), bool)
     elsewhere[26:30, 2:6] = True
-    assert not ev.pointing_game_hit(cam, elsewhere, 4)
+    assert not loc.pointing_game_hit(cam, elsewhere, 4)
 
 
 def test_dilation_is_the_pointing_game_tolerance():
     cam = _cam_with_peak(4, 4, 1, 2)
-    row, col = ev.peak(ev.upsample_cam(cam, 32, 32))
+    row, col = loc.peak(loc.upsample_cam(cam, 32, 32))
     near = np.zeros((32, 32), bool)
     near[row, col + 3] = True  # 3 px right of the peak
-    assert not ev.pointing_game_hit(cam, near, 2)
-    assert ev.pointing_game_hit(cam, near, 3)
+    assert not loc.pointing_game_hit(cam, near, 2)
+    assert loc.pointing_game_hit(cam, near, 3)
 
 
 def test_pointing_game_follows_the_mask_size_and_aspect():
     cam = _cam_with_peak(2, 2, 1, 0)  # bottom-left cell hot
     bottom_left = np.zeros((40, 20), bool)
     bottom_left[20:, :10] = True
-    assert ev.pointing_game_hit(cam, bottom_left, 0)
-    assert not ev.pointing_game_hit(cam, ~bottom_left, 0)
+    assert loc.pointing_game_hit(cam, bottom_left, 0)
+    assert not loc.pointing_game_hit(cam, ~bottom_left, 0)
 
 
 def test_all_zero_map_never_hits():
-    assert ev.peak(np.zeros((8, 8))) is None
-    assert not ev.pointing_game_hit(np.zeros((4, 4)), np.ones((16, 16), bool), 4)
+    assert loc.peak(np.zeros((8, 8))) is None
+    assert not loc.pointing_game_hit(np.zeros((4, 4)), np.ones((16, 16), bool), 4)
 
 
 def test_focus_known_answers():
     half = np.zeros((16, 16), bool)
     half[:, :8] = True
-    assert ev.focus(np.ones((4, 4)), half) == pytest.approx(0.5)
-    assert ev.focus(np.ones((4, 4)), np.ones((16, 16), bool)) == pytest.approx(1.0)
-    assert ev.focus(np.ones((4, 4)), np.zeros((16, 16), bool)) == 0.0
-    assert ev.focus(np.zeros((4, 4)), half) is None
+    assert loc.focus(np.ones((4, 4)), half) == pytest.approx(0.5)
+    assert loc.focus(np.ones((4, 4)), np.ones((16, 16), bool)) == pytest.approx(1.0)
+    assert loc.focus(np.ones((4, 4)), np.zeros((16, 16), bool)) == 0.0
+    assert loc.focus(np.zeros((4, 4)), half) is None
 
 
 def test_focus_of_a_map_hot_on_one_side():
@@ -117,7 +118,7 @@ def test_focus_of_a_map_hot_on_one_side():
     cam = np.array([[1.0, 0.0], [1.0, 0.0]])
     left = np.zeros((4, 4), bool)
     left[:, :2] = True
-    assert ev.focus(cam, left) == pytest.approx(0.875)
+    assert loc.focus(cam, left) == pytest.approx(0.875)
 
 
 def _records() -> list[ev.Record]:

@@ -189,11 +189,16 @@ def roc_pr(path: Path, an: Analysis) -> Path:
     pr_ax.set_ylabel("precision (PPV)")
     pr_ax.set_title(f"Precision-recall, {pos} as positive")
     pr_ax.legend(loc="lower left", fontsize="small")
-    for ax in (roc_ax, pr_ax):
+    _unit_square(roc_ax, pr_ax)
+    return _save(fig, path)
+
+
+def _unit_square(*axes: Axes) -> None:
+    """Rate-against-rate axes: both from 0 to 1, square."""
+    for ax in axes:
         ax.set_xlim(-0.01, 1.01)
         ax.set_ylim(-0.01, 1.05)
         ax.set_aspect("equal")
-    return _save(fig, path)
 
 
 def roc_one_vs_rest(path: Path, an: Analysis) -> Path:
@@ -216,10 +221,7 @@ def roc_one_vs_rest(path: Path, an: Analysis) -> Path:
     pr_ax.set_ylabel("precision")
     pr_ax.set_title("One-vs-rest precision-recall per class")
     pr_ax.legend(loc="lower left", fontsize="small")
-    for ax in (roc_ax, pr_ax):
-        ax.set_xlim(-0.01, 1.01)
-        ax.set_ylim(-0.01, 1.05)
-        ax.set_aspect("equal")
+    _unit_square(roc_ax, pr_ax)
     return _save(fig, path)
 
 

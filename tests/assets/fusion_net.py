@@ -1,4 +1,4 @@
-"""Seed 001's shape: a ResNet-18 image branch (`cnn`) fused with a tabular branch, one logit."""
+"""A thyroid-style multimodal model: a ResNet-18 image branch (`cnn`) fused with a tabular branch, one logit."""
 
 import torch
 import torchvision
