@@ -11,7 +11,7 @@ APP_PORT    ?= 7860
 PYTEST_ARGS ?=
 export GRADIO_ANALYTICS_ENABLED := False
 
-.PHONY: help install java browser model archive serve stop app demo test test-fast lint bench bench-gpu analyze analyze-thyroid evaluate-cam clean
+.PHONY: help install java browser model archive serve stop app demo test test-fast lint bench bench-gpu soak analyze analyze-thyroid evaluate-cam clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "} \
@@ -99,14 +99,20 @@ bench: install ## Cost of explaining, side by side: CAM passes, whole requests i
 	$(PY) scripts/bench.py
 	$(PY) scripts/bench_served.py
 
+soak: install ## Soak test of the built demo models: 1000 mixed requests, a worker killed mid-burst, an analysis through a crash
+	$(PY) scripts/soak.py $(ARGS)
+
 bench-gpu: install ## On a GPU machine: served resnet50 at 224 px, camserve vs a minimal handler, concurrency 64
 	$(PY) scripts/bench_served.py --models resnet50 --concurrency 1,64 --batch-size 32 --requests 256
 
 analyze: install ## Error analysis of the phantom test split through the served chest_phantom (after make serve)
 	$(PY) scripts/analyze_errors.py --url $(SERVER_URL) --token-file key_file.json --visualize --gradcam --top-k 20 $(ARGS)
 
-evaluate-cam: install ## Localisation of chest_phantom's Grad-CAM vs the phantom masks, through the endpoint (after make serve)
-	$(PY) scripts/evaluate_cam.py --data data/phantoms --url $(SERVER_URL) --token-file key_file.json
+evaluate-cam: install ## Localisation of chest_phantom's maps on fresh phantoms (another seed), through the endpoint, against the bars (after make serve)
+	$(PY) scripts/demo/build.py eval
+	$(PY) scripts/evaluate_cam.py --data-dir data/phantoms_eval/test --model chest_phantom \
+	  --roi-masks data/phantoms_eval/masks/lungs/test --lesion-masks data/phantoms_eval/masks/lesions/test \
+	  --url $(SERVER_URL) --token-file key_file.json --bars scripts/demo/bars/default.json --check $(ARGS)
 
 analyze-thyroid: install ## Error analysis of the thyroid test split with its clinical fields (after make serve)
 	$(PY) scripts/analyze_errors.py --url $(SERVER_URL) --token-file key_file.json --model thyroid_phantom \

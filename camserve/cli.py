@@ -19,9 +19,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from camserve.errors import CamserveError
+
+T = TypeVar("T")
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_MANAGEMENT_URL = "http://127.0.0.1:8081"
@@ -146,3 +151,13 @@ def add_output_dir(parser: argparse.ArgumentParser, default: Path | None = None,
 def choices_help(values: Sequence[str]) -> str:
     """``a, b or c`` for help texts."""
     return ", ".join(values[:-1]) + f" or {values[-1]}" if len(values) > 1 else "".join(values)
+
+
+def attempt(prog: str, work: Callable[[], T]) -> T | None:
+    """``work()``; for a ``CamserveError`` (bad data, an unreachable server...) prints ``prog: message`` to
+    stderr and returns ``None``, for the script to exit with status 2."""
+    try:
+        return work()
+    except CamserveError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return None

@@ -43,7 +43,7 @@ from camserve import cli, folders, sanity  # noqa: E402
 from camserve.archs import build_arch  # noqa: E402
 from camserve.checkpoint import ModelSpec, load_checkpoint, load_model_class  # noqa: E402
 from camserve.client import Client  # noqa: E402
-from camserve.errors import CamserveError, DataError  # noqa: E402
+from camserve.errors import DataError  # noqa: E402
 from camserve.imaging import decode_image, preprocess  # noqa: E402
 
 log = logging.getLogger("sanity_check")
@@ -214,10 +214,8 @@ def summary(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
-    try:
-        report = run(args)
-    except CamserveError as exc:
-        print(f"sanity_check: {exc}", file=sys.stderr)
+    report = cli.attempt("sanity_check", lambda: run(args))
+    if report is None:
         return 2
     text = json.dumps(report, indent=1)
     if args.output_dir:

@@ -49,7 +49,7 @@ from camserve.analysis.metrics import confusion_matrix  # noqa: E402
 from camserve.archs import DEFAULT_TARGET_LAYERS, SUPPORTED_ARCHS, build_arch, get_module  # noqa: E402
 from camserve.cam_methods import METHODS  # noqa: E402
 from camserve.checkpoint import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, save_checkpoint  # noqa: E402
-from camserve.errors import CamserveError, DataError  # noqa: E402
+from camserve.errors import DataError  # noqa: E402
 from camserve.folders import sha256_file, walk  # noqa: E402
 from scripts.training import (  # noqa: E402
     Clock,
@@ -326,10 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.target_layer is not None and not args.target_layer.strip():
         parser.error("--target-layer must not be empty")
-    try:
-        metrics = train(args)
-    except CamserveError as exc:
-        print(f"train: {exc}", file=sys.stderr)
+    metrics = cli.attempt("train", lambda: train(args))
+    if metrics is None:
         return 2
     print(json.dumps({k: metrics[k] for k in ("arch", "input_size", "target_layer", "best_epoch", "seconds")}
                      | {s: metrics[s]["accuracy"] for s in ("val", "test") if s in metrics}

@@ -75,6 +75,7 @@ def test_chest_steps_cover_generator_trainer_core_and_archive(tmp_path: Path) ->
             build.CORE / "checkpoint.py"} <= inputs["model"]
     assert {args.checkpoint.resolve(), archive.HANDLER.resolve(), Path(archive.__file__).resolve(),
             build.CORE / "cam.py", build.CORE / "explainer.py"} <= inputs["archive"]
+    assert set(archive.serving_modules()) <= inputs["archive"]
 
 
 def test_thyroid_steps_cover_generator_trainer_and_model_file(tmp_path: Path) -> None:
@@ -92,3 +93,16 @@ def test_bad_arguments_exit_2(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         build.main(argv)
     assert exc.value.code == 2
+
+
+def test_chest_recipe_reaches_the_trainer_and_eval_draws_another_seed(tmp_path: Path) -> None:
+    args = build.build_parser().parse_args(["chest", "--data-dir", str(tmp_path / "d"), "--roi-weight", "0.5"])
+    fit = {k: v for k, v in zip(build.chest_steps(args)[1].argv[::2], build.chest_steps(args)[1].argv[1::2],
+                                strict=True)}
+    assert fit["--target-layer"] == build.CHEST["target_layer"] and fit["--cam-method"] == build.CHEST["cam_method"]
+    assert fit["--batch-size"] == str(build.CHEST["batch_size"]) and fit["--lr"] == str(build.CHEST["lr"])
+    assert fit["--roi-weight"] == "0.5" and fit["--roi-masks"] == str(tmp_path / "d" / "masks" / "lungs")
+    held_out = build.build_parser().parse_args(["eval", "--data-dir", str(tmp_path / "e")])
+    data = build.eval_steps(held_out)[0].argv
+    assert data[data.index("--seed") + 1] != str(args.data_seed)
+    assert data[data.index("--split-fractions") + 1] == "0,0,1"

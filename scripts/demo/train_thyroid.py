@@ -37,7 +37,7 @@ from camserve.analysis.metrics import confusion_matrix  # noqa: E402
 from camserve.archs import get_module  # noqa: E402
 from camserve.checkpoint import ModelSpec, load_model_class, save_checkpoint  # noqa: E402
 from camserve.clinical_table import ClinicalTable, read_table  # noqa: E402
-from camserve.errors import CamserveError, DataError  # noqa: E402
+from camserve.errors import DataError  # noqa: E402
 from camserve.folders import sha256_file  # noqa: E402
 from camserve.tabular import TabularSchema  # noqa: E402
 from scripts.training import (  # noqa: E402
@@ -241,10 +241,8 @@ def summary(metrics: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
-    try:
-        metrics = train(args)
-    except CamserveError as exc:
-        print(f"train_thyroid: {exc}", file=sys.stderr)
+    metrics = cli.attempt("train_thyroid", lambda: train(args))
+    if metrics is None:
         return 2
     keys = ("accuracy", "accuracy_tabular_missing", "accuracy_image_blank")
     print(json.dumps({"checkpoint": str(args.checkpoint), "metrics": str(metrics_path(args.checkpoint)),
