@@ -4,8 +4,8 @@ Accepted layouts, all loaded with ``torch.load(..., weights_only=True)``:
 
 (a) camserve's own: ``{"state_dict", "arch", "class_names"[, "input_size", "mean", "std", "target_layer",
     "cam_method", "fusion_layers"]}``;
-(b) a common training-script layout: ``{"model_state_dict", "class_names", "model_name" or "arch"}``, keys possibly prefixed
-    ``backbone.``, ``module.`` (DataParallel) or ``_orig_mod.`` (torch.compile);
+(b) a common training-script layout: ``{"model_state_dict", "class_names", "model_name" or "arch"}``,
+    keys possibly prefixed ``backbone.``, ``module.`` (DataParallel) or ``_orig_mod.`` (torch.compile);
 (c) a bare state_dict, with ``arch`` and ``class_names`` given by the caller.
 
 A custom model class (TorchServe's ``--model-file`` convention: one file, one ``nn.Module`` class, built

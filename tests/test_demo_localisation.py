@@ -20,7 +20,8 @@ from scripts.demo import build
 from tests.harness import torchserve
 
 BARS = Path(build.__file__).with_name("bars") / "small.json"
-SMALL = ["--n-per-class", "120", "--size", "96", "--input-size", "96", "--epochs", "8", "--batch-size", "8", "--threads", "2"]
+SMALL = ["--n-per-class", "120", "--size", "96", "--input-size", "96", "--epochs", "8", "--batch-size", "8",
+         "--threads", "2"]
 
 
 @pytest.fixture(scope="module")
