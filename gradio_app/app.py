@@ -160,7 +160,7 @@ def batch_tab(c: dict[str, Any], fields: list[clinical.FormField]) -> None:
             c["table"] = gr.Dataframe(headers=list(batch_ops.COLUMNS), interactive=False, elem_id="batch-table",
                                       datatype=["str", "str", "str", "number", "str", "number", "str"],
                                       label="Results table (click a header to sort)", max_height=600, wrap=True,
-                                      column_widths=["30%", "15%", "15%", "11%", "9%", "9%", "11%"])
+                                      column_widths=["26%", "14%", "15%", "14%", "11%", "9%", "11%"])
             c["table_csv"] = gr.File(label="Download the table (CSV)", elem_id="batch-csv", interactive=False)
 
 
