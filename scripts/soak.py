@@ -8,7 +8,7 @@ One TorchServe (the shipped config, token auth on, loopback, free ports) serves 
 1. **Mixed traffic**: ``--requests`` requests at ``--concurrency`` over both models, about one in ten a bad
    one (not an image, a truncated PNG, a superscript or negative number, an unknown method or colormap, a
    JSON body nested too deep), the good ones with varied options (``explain=none``, Grad-CAM with
-   images, ``images=none``, ``target=all``, a true label). Every good answer must give the prediction and
+   images, ``images=none``, ``target=all``, a WebP overlay). Every good answer must give the prediction and
    probabilities its image got when sent alone; every bad one a 4xx JSON error; no 5xx.
 2. **A worker killed mid-burst** (SIGKILL, by pid): how many requests failed (at most a batch may), and
    the seconds until TorchServe's new worker is READY.
@@ -84,7 +84,7 @@ def images_of(root: Path, n: int) -> list[bytes]:
 
 
 class Traffic:
-    """Sends requests with the server's token and keeps every outcome."""
+    """Sends requests with the server's token, one HTTP session per thread."""
 
     def __init__(self, server: Server) -> None:
         self.url, self.headers = server.url, {"Authorization": f"Bearer {server.token()}"}
@@ -111,20 +111,13 @@ class Traffic:
         return resp.status_code, payload, took
 
 
-def worker_pid(server: Server, model: str) -> int | None:
-    resp = requests.get(f"{server.management_url}/models/{model}", timeout=10,
-                        headers={"Authorization": f"Bearer {server.token('management')}"})
-    ready = [w for w in resp.json()[0]["workers"] if w.get("status") == "READY"]
-    return int(ready[0]["pid"]) if ready else None
-
-
 def kill_and_time(server: Server, model: str) -> float:
     """SIGKILL the model's worker; seconds until a new one is READY."""
-    victim = worker_pid(server, model)
+    victim = server.ready_worker_pid(model)
     assert victim is not None, f"{model} has no READY worker"
     os.kill(victim, signal.SIGKILL)
     killed = time.monotonic()
-    while worker_pid(server, model) in (None, victim) and time.monotonic() - killed < 180:
+    while server.ready_worker_pid(model) in (None, victim) and time.monotonic() - killed < 180:
         time.sleep(0.1)
     return round(time.monotonic() - killed, 1)
 

@@ -25,6 +25,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -59,6 +60,18 @@ class Server:
 
     def client(self, timeout: float = 60.0) -> Client:
         return Client.from_key_file(self.key_file, self.url, self.management_url, timeout=timeout)
+
+    def workers(self, model: str) -> list[dict[str, Any]]:
+        """The model's workers as the management API describes them (``pid``, ``status``...)."""
+        resp = requests.get(f"{self.management_url}/models/{model}", timeout=10,
+                            headers={"Authorization": f"Bearer {self.token('management')}"})
+        resp.raise_for_status()
+        return list(resp.json()[0]["workers"])
+
+    def ready_worker_pid(self, model: str) -> int | None:
+        """The pid of the model's first READY worker, or ``None`` while none is."""
+        ready = [w for w in self.workers(model) if w.get("status") == "READY"]
+        return int(ready[0]["pid"]) if ready else None
 
 
 def config_text(model_store: Path, base: Path = REPO / "config.properties", extra: str = "") -> str:

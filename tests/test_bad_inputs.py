@@ -233,15 +233,9 @@ def _utf8(value: bytes) -> bool:
         return False
 
 
-def worker_pids(server: Any, model: str = "tiny") -> list[int]:
-    resp = requests.get(f"{server.management_url}/models/{model}",
-                        headers={"Authorization": f"Bearer {server.token('management')}"}, timeout=10)
-    return sorted(int(w["pid"]) for w in resp.json()[0]["workers"])
-
-
 @pytest.mark.integration
 def test_the_whole_corpus_in_one_burst_against_torchserve(server: Any, explainer: Explainer) -> None:
-    before = worker_pids(server)
+    before = sorted(int(w["pid"]) for w in server.workers("tiny"))
     good = Case("good", 200, fields={"data": GOOD, "label": b"Normal"})
     burst = [*BAD, *ODD, *([good] * 16)]
     with ThreadPoolExecutor(16) as pool:
@@ -257,7 +251,7 @@ def test_the_whole_corpus_in_one_burst_against_torchserve(server: Any, explainer
         elif case is good:
             assert resp.json()["probabilities"] == pytest.approx(expected.probabilities, abs=1e-6)
     assert not wrong, "\n".join(wrong)
-    assert worker_pids(server) == before, "no bad input may cost the worker its life"
+    assert sorted(int(w["pid"]) for w in server.workers("tiny")) == before, "no bad input may cost the worker its life"
 
 
 @pytest.mark.integration

@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-import requests
 
 from camserve.errors import CamserveError, ServerUnavailable, WorkerDied
 from camserve.schema import ExplainResponse
@@ -20,17 +19,10 @@ TIMEOUT = 30.0
 SLACK = 5.0  # requests' timeout bounds each wait for bytes, not the whole exchange: connect + read + decode
 
 
-def worker_pid(server: Any, model: str = "tiny") -> int | None:
-    resp = requests.get(f"{server.management_url}/models/{model}",
-                        headers={"Authorization": f"Bearer {server.token('management')}"}, timeout=10)
-    ready = [w for w in resp.json()[0]["workers"] if w.get("status") == "READY"]
-    return int(ready[0]["pid"]) if ready else None
-
-
 @pytest.mark.integration
 def test_a_killed_worker_costs_at_most_its_batch_and_the_server_recovers(server: Any) -> None:
     client = server.client(timeout=TIMEOUT)
-    victim = worker_pid(server)
+    victim = server.ready_worker_pid("tiny")
     assert victim is not None
 
     killed_at: list[float] = []
@@ -46,7 +38,7 @@ def test_a_killed_worker_costs_at_most_its_batch_and_the_server_recovers(server:
         if i == 6:
             os.kill(victim, signal.SIGKILL)
             killed_at.append(time.monotonic())
-            while worker_pid(server) in (None, victim) and time.monotonic() - killed_at[0] < 120:
+            while server.ready_worker_pid("tiny") in (None, victim) and time.monotonic() - killed_at[0] < 120:
                 time.sleep(0.1)
             recovery.append(time.monotonic() - killed_at[0])
         return took, end, result
@@ -59,7 +51,7 @@ def test_a_killed_worker_costs_at_most_its_batch_and_the_server_recovers(server:
     answered_after_kill = [end for _, end, r in outcomes if isinstance(r, ExplainResponse) and end > killed_at[0]]
     assert answered_after_kill, "requests after the crash are answered"
 
-    assert worker_pid(server) not in (None, victim), "TorchServe restarted the worker"
+    assert server.ready_worker_pid("tiny") not in (None, victim), "TorchServe restarted the worker"
     answer = client.explain("tiny", GOOD, label="Normal")
     assert answer.error is not None and answer.error.true_label == "Normal"
     print(f"\nworker kill: {len(failed)} of {len(outcomes)} requests failed "
